@@ -1,0 +1,150 @@
+"""ByteStream Write/Read/QueryWriteStatus semantics on top of an instance's CAS.
+
+Writes are hashed as they stream in and committed only when the last byte
+matches the digest. A stream that breaks keeps its session, so the client
+can ask QueryWriteStatus and continue from `committed_size`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+from granary import compression
+from granary import digest as dg
+from granary.cas.cas import ContentAddressableStorage, UploadSession
+from granary.errors import GranaryError, InvalidArgument, NotFound
+from granary.resource_names import BlobResource
+
+
+class WriteChunk(Protocol):
+    resource_name: str
+    write_offset: int
+    finish_write: bool
+    data: bytes
+
+
+async def write(
+    cas: ContentAddressableStorage,
+    res: BlobResource,
+    first: WriteChunk,
+    next_chunk: Callable[[], Awaitable[WriteChunk | None]],
+) -> int:
+    """Consume a Write stream; returns the committed_size to report."""
+    d = res.digest
+    compressed = res.compressor != compression.IDENTITY
+    done = -1 if compressed else d.size
+    if await cas.has(d):
+        await cas.uploads.discard(res.upload_key)
+        return done
+    existing = cas.uploads.get(res.upload_key)
+    usable = existing is not None and not existing.busy
+    offset = first.write_offset
+    if usable and offset != 0 and offset == existing.committed:
+        session = existing
+    elif offset != 0:
+        committed = existing.committed if usable else 0
+        raise InvalidArgument(
+            f"write_offset {offset} for {first.resource_name!r} does not match the committed size"
+            f" {committed}"
+        )
+    else:
+        if usable:
+            await cas.uploads.discard(res.upload_key)
+        session = UploadSession(
+            key=res.upload_key,
+            digest=d,
+            compressor=res.compressor,
+            writer=await cas.store.open_writer(d),
+            hasher=dg.new_hasher(d.function),
+            decompressor=compression.stream_decompressor(res.compressor),
+        )
+        if existing is None or usable:
+            cas.uploads.add(session)
+    session.busy = True
+    request: WriteChunk | None = first
+    try:
+        while request is not None:
+            if request.write_offset != session.committed:
+                raise InvalidArgument(
+                    f"write_offset {request.write_offset} does not follow the {session.committed}"
+                    f" bytes already written to {first.resource_name!r}"
+                )
+            if request.resource_name and request.resource_name != first.resource_name:
+                raise InvalidArgument(
+                    f"resource_name changed within one Write stream: {request.resource_name!r}"
+                )
+            if request.data:
+                raw = session.decompressor.decompress(request.data)
+                session.committed += len(request.data)
+                session.received += len(raw)
+                if session.received > d.size:
+                    raise InvalidArgument(
+                        f"upload {first.resource_name!r} sent more than the {d.size} bytes its digest names"
+                    )
+                session.hasher.update(raw)
+                await session.writer.write(raw)
+            if request.finish_write:
+                await _finish(cas, session, first.resource_name)
+                return done if not compressed else session.committed
+            request = await next_chunk()
+        # the client closed the stream without finish_write: keep it for resuming
+        return session.committed
+    except GranaryError:
+        cas.uploads.remove(session.key, session)
+        await session.writer.abort()
+        raise
+    finally:
+        session.busy = False
+        session.last_used = time.monotonic()
+        if cas.uploads.get(session.key) is not session and not session.done:
+            # a concurrent duplicate stream that cannot be resumed: drop its partial data
+            await session.writer.abort()
+
+
+async def _finish(cas: ContentAddressableStorage, session: UploadSession, name: str) -> None:
+    d = session.digest
+    if session.received != d.size:
+        raise InvalidArgument(
+            f"upload {name!r} finished after {session.received} bytes, but its digest says {d.size}"
+        )
+    actual = session.hasher.hexdigest()
+    if actual != d.hash:
+        raise InvalidArgument(f"uploaded data for {name!r} hashes to {actual}, not {d.hash}")
+    cas.uploads.remove(session.key, session)
+    await session.writer.commit()
+    session.done = True
+
+
+async def query_write_status(cas: ContentAddressableStorage, res: BlobResource) -> tuple[int, bool]:
+    if await cas.has(res.digest):
+        return res.digest.size, True
+    session = cas.uploads.get(res.upload_key)
+    if session is None:
+        raise NotFound(f"no upload in progress for {res.upload_key!r}")
+    return session.committed, False
+
+
+async def read(
+    cas: ContentAddressableStorage, res: BlobResource, offset: int, limit: int
+) -> AsyncIterator[bytes]:
+    if res.compressor == compression.IDENTITY:
+        return await cas.read(res.digest, offset, limit)
+    if limit:
+        raise InvalidArgument(
+            f"read_limit must be 0 when reading compressed blobs, got {limit} for {res.digest}"
+        )
+    source = await cas.read(res.digest, offset, 0)
+    return _compress_stream(source, res.compressor)
+
+
+async def _compress_stream(source: AsyncIterator[bytes], compressor: int) -> AsyncIterator[bytes]:
+    c = compression.stream_compressor(compressor)
+    async for chunk in source:
+        out = c.compress(chunk)
+        if out:
+            yield out
+    tail = c.flush()
+    if tail:
+        yield tail

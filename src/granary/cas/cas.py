@@ -1,0 +1,275 @@
+"""The CAS of one instance: verifies every write, batches, trees, uploads.
+
+Everything a client sends is checked here before it reaches a BlobStore:
+the store sees only blobs whose bytes match their digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from granary import compression
+from granary import digest as dg
+from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from granary.cas.blobstore import BlobStore, BlobWriter
+from granary.digest import BlobDigest
+from granary.errors import BlobNotFound, GranaryError, InvalidArgument, NotFound, OutOfRange
+
+
+@dataclass
+class BlobResult:
+    """Outcome of one blob in a batch: `error` None means OK."""
+
+    digest: BlobDigest
+    data: bytes = b""
+    error: GranaryError | None = None
+    compressor: int = compression.IDENTITY
+
+
+class ContentAddressableStorage:
+    def __init__(self, store: BlobStore, *, max_batch_bytes: int = 4_000_000):
+        self.store = store
+        self.max_batch_bytes = max_batch_bytes
+        self.uploads = UploadRegistry()
+
+    # ---- FindMissingBlobs ---------------------------------------------------
+
+    async def find_missing(self, digests: Sequence[BlobDigest]) -> list[BlobDigest]:
+        candidates = [d for d in digests if d.size or not dg.is_empty(d)]
+        if not candidates:
+            return []
+        return await self.store.find_missing(candidates)
+
+    # ---- batches ------------------------------------------------------------
+
+    async def batch_update(self, items: Sequence[tuple[BlobDigest, bytes, int]]) -> list[BlobResult]:
+        """items: (digest, data as sent, compressor). Bad blobs fail alone."""
+        results: list[BlobResult] = []
+        good: list[tuple[BlobDigest, bytes]] = []
+        for d, data, compressor in items:
+            result = BlobResult(d)
+            results.append(result)
+            try:
+                if compressor != compression.IDENTITY:
+                    compression.check(compressor)
+                    data = compression.decompress(compressor, data, d.size)
+                if not dg.matches(d, data):
+                    actual = dg.compute(d.function, data)
+                    raise InvalidArgument(
+                        f"blob data does not match digest {d}: it hashes to {actual}"
+                    )
+            except GranaryError as e:
+                result.error = e
+                continue
+            if d.size:
+                good.append((d, data))
+        if good:
+            try:
+                await self.store.put_many(good)
+            except GranaryError as e:
+                failed = {d for d, _ in good}
+                for r in results:
+                    if r.error is None and r.digest in failed:
+                        r.error = e
+        return results
+
+    async def batch_read(
+        self, digests: Sequence[BlobDigest], acceptable: Sequence[int] = ()
+    ) -> list[BlobResult]:
+        total = sum(d.size for d in digests)
+        if total > self.max_batch_bytes:
+            raise InvalidArgument(
+                f"BatchReadBlobs asks for {total} bytes, more than the limit of"
+                f" {self.max_batch_bytes} (max_batch_total_size_bytes); use ByteStream Read"
+            )
+        wanted = [d for d in digests if d.size]
+        found = await self.store.get_many(wanted) if wanted else {}
+        compressor = next((c for c in acceptable if c in compression.SUPPORTED), compression.IDENTITY)
+        results = []
+        for d in digests:
+            if not d.size and dg.is_empty(d):
+                results.append(BlobResult(d, b""))
+                continue
+            data = found.get(d)
+            if data is None:
+                results.append(BlobResult(d, error=BlobNotFound(d)))
+            elif compressor != compression.IDENTITY and len(data) > 256:
+                results.append(BlobResult(d, compression.compress(compressor, data), compressor=compressor))
+            else:
+                results.append(BlobResult(d, data))
+        return results
+
+    def check_batch_size(self, total: int, what: str) -> None:
+        if total > self.max_batch_bytes:
+            raise InvalidArgument(
+                f"{what} carries {total} bytes, more than the limit of {self.max_batch_bytes}"
+                " (max_batch_total_size_bytes); use ByteStream Write"
+            )
+
+    # ---- single blobs -------------------------------------------------------
+
+    async def get(self, d: BlobDigest) -> bytes:
+        if not d.size and dg.is_empty(d):
+            return b""
+        return await self.store.get(d)
+
+    async def put(self, d: BlobDigest, data: bytes) -> None:
+        if not dg.matches(d, data):
+            raise InvalidArgument(f"blob data does not match digest {d}")
+        if d.size:
+            await self.store.put_many([(d, data)])
+
+    async def get_message(self, d: BlobDigest, message_type):
+        data = await self.get(d)
+        msg = message_type()
+        try:
+            msg.ParseFromString(data)
+        except DecodeError:
+            raise InvalidArgument(
+                f"blob {d} is not a valid {message_type.DESCRIPTOR.full_name}"
+            ) from None
+        return msg
+
+    async def read(self, d: BlobDigest, offset: int, limit: int) -> AsyncIterator[bytes]:
+        if offset < 0 or offset > d.size:
+            raise OutOfRange(f"read_offset {offset} is outside blob {d} (size {d.size})")
+        if limit < 0:
+            raise OutOfRange(f"read_limit {limit} is negative")
+        if not d.size and dg.is_empty(d):
+            return _empty()
+        if offset == d.size:
+            # still must say NOT_FOUND for a blob we do not have
+            if await self.store.find_missing([d]):
+                raise BlobNotFound(d)
+            return _empty()
+        return await self.store.read(d, offset, limit)
+
+    async def has(self, d: BlobDigest) -> bool:
+        return not await self.find_missing([d])
+
+    # ---- GetTree ------------------------------------------------------------
+
+    async def get_tree(
+        self, root: BlobDigest, page_size: int, page_token: str
+    ) -> AsyncIterator[tuple[list[re_pb2.Directory], str]]:
+        """Pages of the directories under `root`, breadth first, each listed once.
+
+        The page token is the position in that order, so a retry resumes where
+        the last page ended.
+        """
+        if page_size < 0:
+            raise InvalidArgument(f"page_size {page_size} is negative")
+        start = 0
+        if page_token:
+            try:
+                start = int(base64.urlsafe_b64decode(page_token.encode()).decode())
+                if start < 0:
+                    raise ValueError
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidArgument(f"invalid page_token {page_token!r}") from None
+        if await self.store.find_missing([root]) and not dg.is_empty(root):
+            raise NotFound(f"tree root directory {root} not found")
+        page_size = page_size or 1000
+        return self._tree_pages(root, start, page_size)
+
+    async def _tree_pages(self, root: BlobDigest, start: int, page_size: int):
+        directories = await self._walk(root)
+        if start > len(directories):
+            raise InvalidArgument(f"page_token points past the end of tree {root}")
+        if start == len(directories):
+            yield [], ""
+            return
+        for begin in range(start, len(directories), page_size):
+            end = begin + page_size
+            token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(directories) else ""
+            yield directories[begin:end], token
+
+    async def _walk(self, root: BlobDigest) -> list[re_pb2.Directory]:
+        seen = {root}
+        level = [root]
+        out: list[re_pb2.Directory] = []
+        while level:
+            found = await self.store.get_many([d for d in level if d.size])
+            next_level: list[BlobDigest] = []
+            for d in level:
+                data = found.get(d, b"" if not d.size else None)
+                if data is None:
+                    continue  # missing parts are left out, as the spec allows
+                directory = re_pb2.Directory()
+                try:
+                    directory.ParseFromString(data)
+                except DecodeError:
+                    continue
+                out.append(directory)
+                for child in directory.directories:
+                    try:
+                        cd = dg.make_digest(d.function, child.digest.hash, child.digest.size_bytes)
+                    except InvalidArgument:
+                        continue
+                    if cd not in seen:
+                        seen.add(cd)
+                        next_level.append(cd)
+            level = next_level
+        return out
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover
+
+
+@dataclass
+class UploadSession:
+    """A ByteStream Write in progress; kept between streams so it can resume."""
+
+    key: str
+    digest: BlobDigest
+    compressor: int
+    writer: BlobWriter
+    hasher: dg.Hasher
+    decompressor: compression.StreamDecompressor
+    committed: int = 0  # in the client's write_offset units
+    received: int = 0  # uncompressed bytes
+    last_used: float = field(default_factory=time.monotonic)
+    busy: bool = False
+    done: bool = False
+
+
+class UploadRegistry:
+    """In-process table of resumable uploads, expired after `ttl` seconds idle."""
+
+    def __init__(self, ttl: float = 600.0):
+        self.ttl = ttl
+        self._sessions: dict[str, UploadSession] = {}
+
+    def get(self, key: str) -> UploadSession | None:
+        return self._sessions.get(key)
+
+    def add(self, session: UploadSession) -> None:
+        self._sessions[session.key] = session
+
+    async def discard(self, key: str) -> None:
+        s = self._sessions.pop(key, None)
+        if s is not None:
+            await s.writer.abort()
+
+    def remove(self, key: str, session: UploadSession) -> None:
+        if self._sessions.get(key) is session:
+            del self._sessions[key]
+
+    async def expire(self) -> None:
+        now = time.monotonic()
+        for key, s in list(self._sessions.items()):
+            if not s.busy and now - s.last_used > self.ttl:
+                await self.discard(key)
+
+    async def run_expiry(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.ttl, 60))
+            await self.expire()

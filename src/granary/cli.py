@@ -1,0 +1,89 @@
+"""`granary` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from granary import __version__
+from granary.config import Config, load
+from granary.errors import ConfigError
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="run the REAPI server (cache; execution when configured)")
+    p.add_argument("--config", type=Path, help="YAML configuration file (default: embedded defaults)")
+    p.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:8980; port 0 picks one)")
+    p.add_argument("--data-dir", type=Path, help="where relative store paths live (default ~/.local/share/granary)")
+    p.add_argument("--processes", type=int, help="server processes sharing the port (default: one per core)")
+    p.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    p.add_argument("--child-port", type=int, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="granary", description="Granary: REAPI v2 remote cache and execution")
+    parser.add_argument("--version", action="version", version=f"granary {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    return parser
+
+
+def _load(args) -> Config:
+    cfg = load(args.config, args.data_dir)
+    if args.listen:
+        from granary.config import _listen
+
+        cfg.host, cfg.port = _listen(args.listen, "--listen")
+    if args.processes is not None:
+        if args.processes < 1:
+            raise ConfigError(f"--processes: expected 1 or more, got {args.processes}")
+        cfg.processes = args.processes
+    return cfg
+
+
+def cmd_serve(args, argv: list[str]) -> int:
+    from granary import server
+
+    cfg = _load(args)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    if args.child_port is not None:
+        server.run_child(cfg, args.child_port)
+        return 0
+    if cfg.processes and cfg.processes > 1 and cfg.uses_process_local_state():
+        raise ConfigError(
+            f"processes: {cfg.processes} server processes cannot share memory stores;"
+            " use disk stores or processes: 1"
+        )
+    processes = cfg.processes or server.default_processes(cfg)
+
+    def announce(port: int) -> None:
+        print(
+            f"granary: serving REAPI on grpc://{cfg.host}:{port} with {processes} process"
+            f"{'es' if processes > 1 else ''}; data in {cfg.data_dir}",
+            flush=True,
+        )
+
+    if processes == 1:
+        server.run_single(cfg, cfg.port, False, announce)
+        return 0
+    return server.run_supervisor(cfg, processes, argv, announce)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(getattr(args, "log_level", "warning")).upper(), logging.WARNING),
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        if args.command == "serve":
+            return cmd_serve(args, argv)
+    except ConfigError as e:
+        print(f"granary: configuration error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1

@@ -1,0 +1,164 @@
+"""Running the gRPC server: one process, or several sharing the port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import grpc
+
+from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+from granary._proto.google.bytestream import bytestream_pb2_grpc as bs_grpc
+from granary.bootstrap import build_app
+from granary.config import Config
+from granary.errors import ConfigError
+from granary.services.ac_service import ActionCacheService
+from granary.services.bytestream_service import ByteStreamService
+from granary.services.capabilities_service import CapabilitiesService
+from granary.services.cas_service import CasService
+
+log = logging.getLogger("granary.server")
+
+
+def grpc_options(cfg: Config, reuse_port: bool) -> list[tuple[str, int]]:
+    limit = max(64 << 20, cfg.max_batch_size + (4 << 20))
+    return [
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+async def serve(cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[int], None]) -> None:
+    app = build_app(cfg)
+    server = grpc.aio.server(options=grpc_options(cfg, reuse_port))
+    instances = app.instances
+    re_grpc.add_ContentAddressableStorageServicer_to_server(CasService(instances), server)
+    re_grpc.add_ActionCacheServicer_to_server(ActionCacheService(instances), server)
+    re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesService(instances), server)
+    bs_grpc.add_ByteStreamServicer_to_server(ByteStreamService(instances), server)
+    address = f"[{cfg.host}]:{port}" if ":" in cfg.host else f"{cfg.host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise ConfigError(f"cannot listen on {address}: {e}") from None
+    if not bound:
+        raise ConfigError(f"cannot listen on {address} (address in use?)")
+    await server.start()
+    tasks = [asyncio.ensure_future(cas.uploads.run_expiry()) for cas in app.cas_by_store.values()]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    on_ready(bound)
+    await stop.wait()
+    await server.stop(grace=5)
+    for t in tasks:
+        t.cancel()
+    await app.close()
+
+
+def run_single(cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[int], None]) -> None:
+    import uvloop
+
+    uvloop.run(serve(cfg, port, reuse_port, on_ready))
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_child(cfg: Config, port: int) -> None:
+    _die_with_parent()
+
+    def ready(_: int) -> None:
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+
+    run_single(cfg, port, True, ready)
+
+
+def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """Bind (without listening) so the port is ours; children bind it with SO_REUSEPORT."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.bind((host, port))  # fails if anyone, reuse-port or not, holds it
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    port = probe.getsockname()[1]
+    probe.close()
+    keeper = socket.socket(family, socket.SOCK_STREAM)
+    keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    keeper.bind((host, port))
+    return keeper, port
+
+
+def run_supervisor(cfg: Config, processes: int, child_argv: list[str], on_ready: Callable[[int], None]) -> int:
+    keeper, port = reserve_port(cfg.host, cfg.port)
+    argv = [sys.executable, "-m", "granary", *child_argv, "--child-port", str(port)]
+    children: list[subprocess.Popen] = []
+    stopping = False
+
+    def spawn() -> subprocess.Popen:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE)
+
+    def wait_ready(child: subprocess.Popen) -> bool:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        return line.strip() == b"ready"
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(processes):
+        children.append(spawn())
+    for child in children:
+        if not wait_ready(child):
+            stopping = True
+    if stopping:
+        for child in children:
+            child.terminate()
+        codes = [child.wait() for child in children]
+        return max(codes) or 1
+    keeper.close()
+    on_ready(port)
+    while not stopping:
+        time.sleep(0.2)
+        for i, child in enumerate(children):
+            if child.poll() is not None and not stopping:
+                log.error("server process %d exited with %s; starting another", child.pid, child.returncode)
+                children[i] = spawn()
+                if not wait_ready(children[i]):
+                    time.sleep(1)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return 0
+
+
+def default_processes(cfg: Config) -> int:
+    if cfg.uses_process_local_state():
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,80 @@
+"""The one place where domain errors become gRPC status."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from granary.errors import FailedPrecondition, GranaryError
+
+log = logging.getLogger("granary.rpc")
+
+
+def rich_status(err: GranaryError) -> status_pb2.Status:
+    status = status_pb2.Status(code=err.code.value[0], message=err.message)
+    if isinstance(err, FailedPrecondition) and err.violations:
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(type=t, subject=s, description=d)
+                for t, s, d in err.violations
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(failure)
+        status.details.append(detail)
+    return status
+
+
+def status_of(err: GranaryError) -> status_pb2.Status:
+    """google.rpc.Status for per-item results (batch responses)."""
+    return status_pb2.Status(code=err.code.value[0], message=err.message)
+
+
+async def abort(context: grpc.aio.ServicerContext, err: GranaryError) -> None:
+    metadata = ()
+    if isinstance(err, FailedPrecondition) and err.violations:
+        metadata = (("grpc-status-details-bin", rich_status(err).SerializeToString()),)
+    await context.abort(err.code, err.message, trailing_metadata=metadata)
+
+
+async def _internal(context, method: str, exc: Exception) -> None:
+    log.exception("%s failed", method)
+    await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {type(exc).__name__}: {exc}")
+
+
+def rpc(fn):
+    """Map GranaryError (and unexpected errors) of a servicer method to gRPC status."""
+    name = fn.__name__
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def stream(self, request, context):
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except GranaryError as e:
+                await abort(context, e)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the server must keep serving
+                await _internal(context, name, e)
+
+        return stream
+
+    @functools.wraps(fn)
+    async def unary(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except GranaryError as e:
+            await abort(context, e)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            await _internal(context, name, e)
+
+    return unary
