@@ -20,8 +20,8 @@ BY_NAME = {v: k for k, v in NAMES.items()}
 SUPPORTED = (ZSTD, DEFLATE)
 
 _ZSTD_LEVEL = 1  # speed first: clients mostly sit next to the server
-_zc = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
-_zd = zstandard.ZstdDecompressor()
+# No shared (de)compressor objects: objects derived from one zstandard context
+# share its state, so two concurrent streams would corrupt each other.
 
 
 class StreamDecompressor(Protocol):
@@ -40,7 +40,7 @@ def check(compressor: int) -> None:
 
 def compress(compressor: int, data: bytes) -> bytes:
     if compressor == ZSTD:
-        return _zc.compress(data)
+        return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
     if compressor == DEFLATE:
         c = zlib.compressobj(1, zlib.DEFLATED, -15)
         return c.compress(data) + c.flush()
@@ -53,7 +53,7 @@ def decompress(compressor: int, data: bytes, expected_size: int) -> bytes:
         if compressor == ZSTD:
             # bounded: a small "bomb" must not expand past what the digest allows
             out = bytearray()
-            with _zd.stream_reader(data, read_across_frames=True) as r:
+            with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True) as r:
                 while len(out) <= expected_size:
                     chunk = r.read(expected_size + 1 - len(out))
                     if not chunk:
@@ -70,7 +70,7 @@ def decompress(compressor: int, data: bytes, expected_size: int) -> bytes:
 
 class _ZstdStreamDecompressor:
     def __init__(self) -> None:
-        self._d = _zd.decompressobj()
+        self._d = zstandard.ZstdDecompressor().decompressobj()
 
     def decompress(self, data: bytes) -> bytes:
         try:
@@ -111,7 +111,7 @@ def stream_decompressor(compressor: int) -> StreamDecompressor:
 
 def stream_compressor(compressor: int) -> StreamCompressor:
     if compressor == ZSTD:
-        return _zc.compressobj()
+        return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compressobj()
     if compressor == DEFLATE:
         return zlib.compressobj(1, zlib.DEFLATED, -15)
     return _IdentityStream()

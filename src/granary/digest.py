@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Callable, NamedTuple, Protocol
 
 import blake3
@@ -57,7 +56,7 @@ _BY_LENGTH = {64: SHA256, 40: SHA1, 32: MD5, 96: SHA384, 128: SHA512}
 # Functions that must be named in resource names (not inferable by length).
 NAMED_IN_RESOURCE = frozenset({BLAKE3, SHA256TREE})
 
-_HEX = re.compile(r"[0-9a-f]+")
+_HEX_CHARS = "0123456789abcdef"
 
 
 class BlobDigest(NamedTuple):
@@ -105,7 +104,7 @@ def make_digest(requested: int, hash_: str, size: int) -> BlobDigest:
     """Validate a (hash, size) pair from a client, raising InvalidArgument naming it."""
     function = resolve_function(requested, hash_)
     expected = FUNCTIONS[function].hex_length
-    if len(hash_) != expected or not _HEX.fullmatch(hash_):
+    if len(hash_) != expected or hash_.strip(_HEX_CHARS):
         raise InvalidArgument(
             f"invalid digest hash {hash_!r}: expected {expected} lowercase hex characters"
             f" for {FUNCTIONS[function].name.upper()}"

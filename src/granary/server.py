@@ -69,9 +69,20 @@ async def serve(cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[in
     await app.close()
 
 
+def tune_malloc() -> None:
+    """Keep 1 MiB message buffers out of mmap: glibc otherwise returns and re-faults them per chunk,
+    which measured 20x slower here (notes/performance-here.md)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-2, 64 << 20)  # M_TOP_PAD
+
+
 def run_single(cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[int], None]) -> None:
     import uvloop
 
+    tune_malloc()
     uvloop.run(serve(cfg, port, reuse_port, on_ready))
 
 

@@ -18,6 +18,23 @@ from granary.errors import BlobNotFound
 READ_CHUNK = 1 << 20  # 1 MiB: the fastest ByteStream read chunk measured here
 
 
+class Presence:
+    """A store's in-memory knowledge, for answering FindMissingBlobs without I/O.
+
+    `present` maps key -> a tuple whose first item is the size; `absent` holds
+    keys known to be missing. Both are valid at the moment `presence()`
+    returns them. Callers add the keys they found present to `hits`, so the
+    store can record the access.
+    """
+
+    __slots__ = ("present", "absent", "hits")
+
+    def __init__(self, present: dict, absent: set, hits: set):
+        self.present = present
+        self.absent = absent
+        self.hits = hits
+
+
 class BlobInfo(NamedTuple):
     digest: BlobDigest
     atime: float  # last access, seconds since the epoch
@@ -76,6 +93,10 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     async def delete(self, digests: Sequence[BlobDigest]) -> None:
         """Remove blobs (missing ones are ignored)."""
+
+    def presence(self) -> Presence | None:
+        """Fresh in-memory presence knowledge, if this store keeps any."""
+        return None
 
     async def has(self, digest: BlobDigest) -> bool:
         return not await self.find_missing([digest])

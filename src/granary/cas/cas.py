@@ -46,6 +46,39 @@ class ContentAddressableStorage:
             return []
         return await self.store.find_missing(candidates)
 
+    async def find_missing_protos(self, function: int, protos: Sequence) -> list:
+        """FindMissingBlobs on Digest messages, answered from memory where the store can.
+
+        Digests the store already knows need no validation: they were
+        validated when they were stored or first asked about.
+        """
+        presence = self.store.presence()
+        if presence is None:
+            digests = [dg.make_digest(function, d.hash, d.size_bytes) for d in protos]
+            missing = set(await self.find_missing(digests))
+            return [p for p, d in zip(protos, digests) if d in missing]
+        present = presence.present
+        absent = presence.absent
+        prefix = "b3-" if function == dg.BLAKE3 else ""
+        hits = []
+        missing = []
+        unknown = []
+        for p in protos:
+            key = prefix + p.hash if prefix else p.hash
+            loc = present.get(key)
+            if loc is not None and loc[0] == p.size_bytes:
+                hits.append(key)
+            elif key in absent:
+                missing.append(p)
+            else:
+                unknown.append(p)
+        presence.hits.update(hits)
+        if unknown:
+            digests = [dg.make_digest(function, p.hash, p.size_bytes) for p in unknown]
+            still = set(await self.find_missing(digests))
+            missing.extend(p for p, d in zip(unknown, digests) if d in still)
+        return missing
+
     # ---- batches ------------------------------------------------------------
 
     async def batch_update(self, items: Sequence[tuple[BlobDigest, bytes, int]]) -> list[BlobResult]:

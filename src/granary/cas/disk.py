@@ -20,6 +20,9 @@ cache on its next call.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import mmap
 import os
 import sqlite3
 import time
@@ -28,7 +31,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 
 from granary import digest as dg
-from granary.cas.blobstore import READ_CHUNK, BlobInfo, BlobStore, BlobWriter
+from granary.cas.blobstore import READ_CHUNK, BlobInfo, BlobStore, BlobWriter, Presence
 from granary.digest import BlobDigest
 from granary.errors import BlobNotFound, ResourceExhausted
 
@@ -49,7 +52,7 @@ CREATE TABLE IF NOT EXISTS packs (
     sealed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('bytes', 0), ('generation', 0);
+INSERT OR IGNORE INTO meta VALUES ('bytes', 0), ('generation', 0), ('inserts', 0);
 """
 
 _FILE = -1
@@ -85,12 +88,14 @@ class DiskBlobStore(BlobStore):
         pack_max_blob: int = 256 * 1024,
         pack_file_bytes: int = 64 << 20,
         fsync: bool = False,
+        direct_io: bool = True,
     ):
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.pack_max_blob = pack_max_blob
         self.pack_file_bytes = pack_file_bytes
         self.fsync = fsync
+        self.direct_io = direct_io
         for sub in ("packs", "blobs", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None, timeout=30)
@@ -99,9 +104,11 @@ class DiskBlobStore(BlobStore):
         self._db.executescript(_SCHEMA)  # idempotent; several processes may race here
         self._pid = os.getpid()
         self._locations: dict[str, tuple[int, int, int]] = {}  # key -> (size, pack, offset)
-        self._generation = -1
+        self._absent: set[str] = set()  # keys known missing while no insert happened anywhere
+        self._generation = -1  # bumped by any process that deletes or moves blobs
+        self._inserts = -1  # bumped by any process that adds blobs
+        self._presence = Presence(self._locations, self._absent, set())
         self._touched: dict[str, float] = {}  # key -> last time recorded as accessed
-        self._pending_atime: dict[str, int] = {}
         self._last_flush = time.monotonic()
         self._read_fds: dict[int, int] = {}
         self._pack_id = -1
@@ -127,11 +134,23 @@ class DiskBlobStore(BlobStore):
 
     # ---- index helpers ------------------------------------------------------
 
-    def _check_generation(self) -> None:
-        gen = self._db.execute("SELECT v FROM meta WHERE k = 'generation'").fetchone()[0]
+    def _refresh(self) -> None:
+        """Drop cached knowledge other processes may have made stale."""
+        gen, inserts = self._db.execute(
+            "SELECT (SELECT v FROM meta WHERE k = 'generation'), (SELECT v FROM meta WHERE k = 'inserts')"
+        ).fetchone()
         if gen != self._generation:
             self._locations.clear()
+            self._absent.clear()
             self._generation = gen
+        if inserts != self._inserts:
+            self._absent.clear()
+            self._inserts = inserts
+
+    def presence(self) -> Presence:
+        self._refresh()
+        self._maybe_flush_atimes()
+        return self._presence
 
     def _query(self, keys: list[str]) -> Iterable[tuple[str, int, int, int]]:
         for i in range(0, len(keys), _SQL_CHUNK):
@@ -141,37 +160,42 @@ class DiskBlobStore(BlobStore):
                 part,
             )
 
-    def _touch(self, key: str, now: float) -> None:
-        last = self._touched.get(key)
-        if last is None or now - last > _TOUCH_INTERVAL:
-            if len(self._touched) > 1_000_000:
-                self._touched.clear()
-            self._touched[key] = now
-            self._pending_atime[key] = int(now)
-
     def _maybe_flush_atimes(self, force: bool = False) -> None:
-        if not self._pending_atime:
+        """Record accesses (at most once a minute per blob), batched every few seconds."""
+        hits = self._presence.hits
+        if not hits:
             return
         if not force and time.monotonic() - self._last_flush < _FLUSH_INTERVAL:
             return
-        pending, self._pending_atime = self._pending_atime, {}
         self._last_flush = time.monotonic()
+        self._presence.hits = set()
+        now = time.time()
+        touched = self._touched
+        if len(touched) > 1_000_000:
+            touched.clear()
+        due = []
+        for key in hits:
+            if now - touched.get(key, 0.0) > _TOUCH_INTERVAL:
+                touched[key] = now
+                due.append(key)
+        if not due:
+            return
+        t = int(now)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany(
-                "UPDATE blobs SET atime = ? WHERE key = ? AND atime < ?",
-                ((t, k, t) for k, t in pending.items()),
+                "UPDATE blobs SET atime = ? WHERE key = ? AND atime < ?", ((t, k, t) for k in due)
             )
         finally:
             self._db.execute("COMMIT")
 
     def _locate_many(self, digests: Sequence[BlobDigest]) -> dict[str, tuple[int, int, int]]:
         """Locations of the stored digests among `digests` (size must match)."""
-        self._check_generation()
+        self._refresh()
         found: dict[str, tuple[int, int, int]] = {}
         unknown: list[str] = []
         locations = self._locations
-        now = time.time()
+        hits = self._presence.hits
         for d in digests:
             key = d.key
             loc = locations.get(key)
@@ -179,15 +203,18 @@ class DiskBlobStore(BlobStore):
                 unknown.append(key)
             elif loc[0] == d.size:
                 found[key] = loc
-                self._touch(key, now)
+                hits.add(key)
         if unknown:
             if len(locations) > 2_000_000:
                 locations.clear()
+            if len(self._absent) > 1_000_000:
+                self._absent.clear()
             for key, size, pack, offset in self._query(unknown):
                 loc = (size, pack, offset)
                 locations[key] = loc
                 found[key] = loc
-                self._touch(key, now)
+                hits.add(key)
+            self._absent.update(k for k in unknown if k not in found)
             # a size mismatch means "not this blob"
             for d in digests:
                 loc = found.get(d.key)
@@ -335,6 +362,7 @@ class DiskBlobStore(BlobStore):
                     if pack != _FILE:
                         live_by_pack[pack] = live_by_pack.get(pack, 0) + size
                     self._locations[key] = (size, pack, offset)
+                    self._absent.discard(key)
                     self._touched[key] = now
             if pack_growth:
                 db.execute(
@@ -345,6 +373,8 @@ class DiskBlobStore(BlobStore):
             total = db.execute(
                 "UPDATE meta SET v = v + ? WHERE k = 'bytes' RETURNING v", (added,)
             ).fetchone()[0]
+            if added:
+                db.execute("UPDATE meta SET v = v + 1 WHERE k = 'inserts'")
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -549,7 +579,14 @@ class DiskBlobStore(BlobStore):
 
 
 class _DiskWriter(BlobWriter):
-    """Buffers small blobs in memory; spills large ones to a temp file."""
+    """Buffers small blobs in memory; streams large ones to a temp file.
+
+    Large blobs are written with O_DIRECT through an aligned buffer where the
+    filesystem allows it: on these machines filling fresh page-cache pages
+    costs ~3 ms per MiB (330 MB/s) while direct writes reach ~1 GB/s.
+    """
+
+    _DIRECT_BUFFER = 4 << 20
 
     def __init__(self, store: DiskBlobStore, digest: BlobDigest):
         self._store = store
@@ -558,19 +595,78 @@ class _DiskWriter(BlobWriter):
         self._buffered = 0
         self._fd = -1
         self._tmp = ""
+        self._direct: mmap.mmap | None = None
+        self._spare: mmap.mmap | None = None  # the buffer a background write is draining
+        self._pending: asyncio.Future | None = None
+        self._pos = 0  # bytes waiting in the direct buffer
+
+    def _open(self) -> None:
+        self._store._check_room(self._digest.size)
+        self._tmp = self._store._tmp_path()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        if self._store.direct_io and self._digest.size >= self._DIRECT_BUFFER:
+            try:
+                self._fd = os.open(self._tmp, flags | os.O_DIRECT, 0o644)
+                self._direct = mmap.mmap(-1, self._DIRECT_BUFFER)
+                self._spare = mmap.mmap(-1, self._DIRECT_BUFFER)
+                return
+            except OSError:
+                self._store.direct_io = False  # e.g. tmpfs: plain writes from now on
+        self._fd = os.open(self._tmp, flags, 0o644)
+
+    async def _put(self, chunk: bytes) -> None:
+        if self._direct is None:
+            _write_all(self._fd, chunk)
+            return
+        view = memoryview(chunk)
+        size = self._DIRECT_BUFFER
+        while view:
+            buf = self._direct
+            n = min(len(view), size - self._pos)
+            buf[self._pos : self._pos + n] = view[:n]
+            self._pos += n
+            view = view[n:]
+            if self._pos == size:
+                # the device write runs in a thread (no GIL held) while the next chunks arrive
+                await self._drain()
+                self._pending = asyncio.get_running_loop().run_in_executor(None, _write_all, self._fd, buf)
+                self._direct, self._spare = self._spare, buf
+                self._pos = 0
+
+    async def _drain(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+
+    async def _finish_direct(self) -> None:
+        await self._drain()
+        buf = self._direct
+        if buf is None:
+            return
+        aligned = self._pos - self._pos % 4096
+        if aligned:
+            _write_all(self._fd, memoryview(buf)[:aligned])
+        if self._pos > aligned:
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            _write_all(self._fd, buf[aligned : self._pos])
+        self._close_buffers()
+
+    def _close_buffers(self) -> None:
+        for b in (self._direct, self._spare):
+            if b is not None:
+                b.close()
+        self._direct = self._spare = None
 
     async def write(self, chunk: bytes) -> None:
         if self._fd >= 0:
-            _write_all(self._fd, chunk)
+            await self._put(chunk)
             return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         if self._buffered > self._store.pack_max_blob:
-            self._store._check_room(self._digest.size)
-            self._tmp = self._store._tmp_path()
-            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._open()
             for c in self._chunks:
-                _write_all(self._fd, c)
+                await self._put(c)
             self._chunks = []
 
     async def commit(self) -> None:
@@ -580,6 +676,7 @@ class _DiskWriter(BlobWriter):
             self._chunks = []
             await store.put_many([(self._digest, data)])
             return
+        await self._finish_direct()
         if store.fsync:
             os.fdatasync(self._fd)
         os.close(self._fd)
@@ -591,6 +688,11 @@ class _DiskWriter(BlobWriter):
 
     async def abort(self) -> None:
         self._chunks = []
+        try:
+            await self._drain()
+        except OSError:
+            pass
+        self._close_buffers()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

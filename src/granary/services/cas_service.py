@@ -17,14 +17,11 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
     @rpc
     async def FindMissingBlobs(self, request, context):
         cas = self.instances.get(request.instance_name).cas
-        fn = request.digest_function
-        make = dg.make_digest
-        digests = [make(fn, d.hash, d.size_bytes) for d in request.blob_digests]
-        missing = await cas.find_missing(digests)
+        if request.digest_function:
+            dg.resolve_function(request.digest_function, "")
+        missing = await cas.find_missing_protos(request.digest_function, request.blob_digests)
         response = re_pb2.FindMissingBlobsResponse()
-        add = response.missing_blob_digests.add
-        for d in missing:
-            add(hash=d.hash, size_bytes=d.size)
+        response.missing_blob_digests.extend(missing)
         return response
 
     @rpc

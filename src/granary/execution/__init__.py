@@ -1,0 +1,12 @@
+"""Remote execution: the SQL job queue, operations, platform matching and leases.
+
+  leases.py     the lease contract shared with workers (payload/result packing)
+  schema.py     the SQL tables (jobs, operations, bots)
+  jobqueue.py   the durable queue: enqueue/merge, assignment, completion, requeue
+  notifier.py   in-process events plus cross-process polling (and PG LISTEN/NOTIFY)
+  platform.py   platform requirements and worker capabilities
+  inputs.py     checking that an action's inputs are all in the CAS
+  opfilter.py   the ListOperations filter language
+  operations.py turning jobs into google.longrunning Operations
+  scheduler.py  the per-server execution facade the services call
+"""

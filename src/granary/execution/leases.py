@@ -1,0 +1,109 @@
+"""The lease contract between the Bots service and workers (BuildGrid/buildbox-worker compatible).
+
+A lease offered to a bot has:
+  id       the job name (stable across retries; one job at a time per lease id)
+  payload  google.protobuf.Any packing a build.bazel.remote.execution.v2.Action
+           (its `timeout` is always set: the server fills in its default)
+  state    PENDING
+
+The bot acknowledges by sending the lease back ACTIVE. When the action
+finishes it sends it back COMPLETED with
+  result   Any(build.bazel.remote.execution.v2.ActionResult)
+  status   google.rpc.Status: OK, or DEADLINE_EXCEEDED for a timed-out action
+           (with the partial ActionResult), or another code if it could not run
+           the action at all (e.g. FAILED_PRECONDITION for missing inputs,
+           INTERNAL for a worker fault).
+The server sets a lease CANCELLED to tell the bot to kill the action; the bot
+drops it (or reports it back CANCELLED/COMPLETED, both accepted).
+
+Worker properties (platform): bot_session.worker.devices[0].properties, one
+key/value per entry (a key may repeat for several values), e.g. OSFamily,
+ISA, plus custom keys. A bot runs one lease at a time unless its
+bot_session.worker.properties holds `CONCURRENCY_PROPERTY` = N, in which case
+the server offers up to N leases at once. UpdateBotSession long-polls (a few
+seconds, never past the call's deadline) when the bot has nothing new.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, status_pb2
+
+from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from granary._proto.google.devtools.remoteworkers.v1test2 import bots_pb2, worker_pb2
+
+PENDING = bots_pb2.LeaseState.PENDING
+ACTIVE = bots_pb2.LeaseState.ACTIVE
+COMPLETED = bots_pb2.LeaseState.COMPLETED
+CANCELLED = bots_pb2.LeaseState.CANCELLED
+
+CONCURRENCY_PROPERTY = "concurrency"  # in bot_session.worker.properties, not a platform property
+
+
+def pack(message) -> any_pb2.Any:
+    out = any_pb2.Any()
+    out.Pack(message)
+    return out
+
+
+def make_lease(job_name: str, action: re_pb2.Action, state: int = PENDING) -> bots_pb2.Lease:
+    return bots_pb2.Lease(id=job_name, payload=pack(action), state=state)
+
+
+def lease_action(lease: bots_pb2.Lease) -> re_pb2.Action:
+    """The Action of a lease offered by the server (ValueError if it carries something else)."""
+    action = re_pb2.Action()
+    if not lease.payload.Unpack(action):
+        raise ValueError(f"lease {lease.id!r}: payload is {lease.payload.type_url!r}, not an Action")
+    return action
+
+
+def complete_lease(
+    lease: bots_pb2.Lease, result: re_pb2.ActionResult | None, status: status_pb2.Status | None = None
+) -> None:
+    """Mark a lease COMPLETED with its ActionResult (and OK unless a status is given)."""
+    lease.state = COMPLETED
+    lease.ClearField("result")
+    if result is not None:
+        lease.result.Pack(result)
+    lease.status.CopyFrom(status if status is not None else status_pb2.Status(code=code_pb2.OK))
+
+
+def lease_result(lease: bots_pb2.Lease) -> re_pb2.ActionResult | None:
+    """The ActionResult a bot reported, or None if it sent none (or something else)."""
+    if not lease.HasField("result"):
+        return None
+    result = re_pb2.ActionResult()
+    return result if lease.result.Unpack(result) else None
+
+
+def worker_properties(session: bots_pb2.BotSession) -> list[tuple[str, str]]:
+    """The platform properties a bot advertises (its primary device's properties)."""
+    if not session.worker.devices:
+        return []
+    return [(p.key, p.value) for p in session.worker.devices[0].properties]
+
+
+def worker_concurrency(session: bots_pb2.BotSession) -> int:
+    for p in session.worker.properties:
+        if p.key == CONCURRENCY_PROPERTY:
+            try:
+                return max(1, int(p.value))
+            except ValueError:
+                return 1
+    return 1
+
+
+def make_worker(properties: list[tuple[str, str]], concurrency: int = 1) -> worker_pb2.Worker:
+    """A Worker description as bots send it (for workers and tests)."""
+    worker = worker_pb2.Worker(
+        devices=[
+            worker_pb2.Device(
+                handle="primary",
+                properties=[worker_pb2.Device.Property(key=k, value=v) for k, v in properties],
+            )
+        ]
+    )
+    if concurrency > 1:
+        worker.properties.add(key=CONCURRENCY_PROPERTY, value=str(concurrency))
+    return worker

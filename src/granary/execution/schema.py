@@ -1,0 +1,81 @@
+"""The execution tables: jobs (one per action run), operations (one per Execute call), bots."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# A job is one run of an action. Identical in-flight actions share a job
+# through `active_key` (unique while the job is not finished; NULL otherwise
+# and for do_not_cache jobs), so merging is race-free across processes.
+jobs = Table(
+    "granary_jobs",
+    metadata,
+    Column("name", String(64), primary_key=True),  # also the lease id
+    Column("queue", String(255), nullable=False),  # which bots may take it (shared CAS)
+    Column("instance", String(255), nullable=False),
+    Column("action_key", String(200), nullable=False),  # "hash/size"
+    Column("digest_function", Integer, nullable=False),
+    Column("action", LargeBinary, nullable=False),  # serialized Action, timeout filled in
+    Column("platform_key", Text, nullable=False),  # canonical JSON of the requirements
+    Column("priority", Integer, nullable=False, default=0),
+    Column("queued_time", Float, nullable=False),
+    Column("stage", Integer, nullable=False),  # ExecutionStage.Value
+    Column("lease_state", Integer, nullable=False, default=0),  # LeaseState, 0 = not leased
+    Column("bot_name", String(255)),  # session holding the lease (until the bot lets go)
+    Column("worker", String(255)),  # bot_id that last ran it (kept for history)
+    Column("assigned_time", Float),
+    Column("start_time", Float),
+    Column("completed_time", Float),
+    Column("timeout", Float, nullable=False),
+    Column("do_not_cache", Boolean, nullable=False, default=False),
+    Column("retries", Integer, nullable=False, default=0),
+    Column("response", LargeBinary),  # serialized ExecuteResponse once COMPLETED
+    Column("active_key", String(600), unique=True),
+    Column("version", Integer, nullable=False, default=0),  # bumped on every change
+)
+Index("granary_jobs_pick", jobs.c.queue, jobs.c.stage, jobs.c.priority, jobs.c.queued_time)
+Index("granary_jobs_bot", jobs.c.bot_name)
+
+operations = Table(
+    "granary_operations",
+    metadata,
+    Column("name", String(400), primary_key=True),
+    Column("job_name", String(64), nullable=False, index=True),
+    Column("instance", String(255), nullable=False),
+    Column("created_time", Float, nullable=False),
+    Column("cancelled", Boolean, nullable=False, default=False),
+    Column("tool_name", String(255), nullable=False, default=""),
+    Column("tool_version", String(255), nullable=False, default=""),
+    Column("invocation_id", String(255), nullable=False, default=""),
+    Column("correlated_invocations_id", String(255), nullable=False, default=""),
+    Column("action_mnemonic", String(255), nullable=False, default=""),
+    Column("target_id", Text, nullable=False, default=""),
+    Column("configuration_id", String(255), nullable=False, default=""),
+)
+
+bots = Table(
+    "granary_bots",
+    metadata,
+    Column("name", String(400), primary_key=True),  # session name
+    Column("bot_id", String(255), nullable=False),
+    Column("instance", String(255), nullable=False),
+    Column("queue", String(255), nullable=False),
+    Column("properties", Text, nullable=False),  # JSON [[key, value], ...]
+    Column("concurrency", Integer, nullable=False, default=1),
+    Column("status", Integer, nullable=False, default=0),
+    Column("created_time", Float, nullable=False),
+    Column("last_seen", Float, nullable=False, index=True),
+)

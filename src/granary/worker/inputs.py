@@ -1,0 +1,168 @@
+"""Fetching an input tree and materialising it from the local CAS.
+
+Every Directory is checked before anything touches the disk: names are single
+components, unique within their directory, and symlinks stay inside the
+input root. Files are hardlinked from the cache (read-only), directories are
+created, symlinks come last; a final check resolves every symlink on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from granary import digest as dg
+from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from granary.digest import BlobDigest
+from granary.errors import InvalidArgument
+from granary.worker.local_cas import EXECUTABLE, READ_ONLY, LocalCas
+from granary.worker.paths import check_name, inside, symlink_stays_inside
+from granary.worker.remote_cas import MissingBlobs, RemoteCas, from_proto
+
+FETCH_THREADS = 4
+
+
+@dataclass
+class Layout:
+    """What an input root holds, as paths relative to it."""
+
+    directories: list[str] = field(default_factory=list)
+    files: list[tuple[str, BlobDigest, bool]] = field(default_factory=list)  # path, digest, executable
+    symlinks: list[tuple[str, str]] = field(default_factory=list)  # path, target
+
+
+def fetch_tree(remote: RemoteCas, function: int, root: BlobDigest) -> dict[BlobDigest, re_pb2.Directory]:
+    """All Directory messages of a tree, fetched level by level in batches."""
+    tree: dict[BlobDigest, re_pb2.Directory] = {}
+    level = [root]
+    while level:
+        blobs = remote.read_small(level)
+        nxt: list[BlobDigest] = []
+        for d in level:
+            msg = re_pb2.Directory()
+            try:
+                msg.ParseFromString(blobs[d])
+            except DecodeError:
+                raise InvalidArgument(f"input directory {d} is not a valid Directory message") from None
+            tree[d] = msg
+            for child in msg.directories:
+                cd = from_proto(function, child.digest)
+                if cd not in tree and cd not in nxt:
+                    nxt.append(cd)
+        level = [d for d in dict.fromkeys(nxt) if d not in tree]
+    return tree
+
+
+def layout(tree: dict[BlobDigest, re_pb2.Directory], function: int, root: BlobDigest) -> Layout:
+    """Walk the tree into a Layout, refusing anything that could escape the root."""
+    out = Layout()
+    stack: list[tuple[str, BlobDigest, int]] = [("", root, 0)]
+    while stack:
+        prefix, d, depth = stack.pop()
+        if depth > 512:
+            raise InvalidArgument(f"input tree is deeper than 512 levels at {prefix!r}")
+        msg = tree[d]
+        seen: set[str] = set()
+        where = f"input directory {prefix or '.'!r}"
+
+        def entry(name: str) -> str:
+            check_name(name, where)
+            if name in seen:
+                raise InvalidArgument(f"{where}: name {name!r} appears more than once")
+            seen.add(name)
+            return f"{prefix}/{name}" if prefix else name
+
+        for f in msg.files:
+            out.files.append((entry(f.name), from_proto(function, f.digest), f.is_executable))
+        for s in msg.symlinks:
+            path = entry(s.name)
+            if not symlink_stays_inside(path, s.target):
+                raise InvalidArgument(f"input symlink {path!r} -> {s.target!r} points outside the input root")
+            out.symlinks.append((path, s.target))
+        for c in msg.directories:
+            path = entry(c.name)
+            out.directories.append(path)
+            stack.append((path, from_proto(function, c.digest), depth + 1))
+    return out
+
+
+def _fetch(remote: RemoteCas, local: LocalCas, wanted: dict[BlobDigest, bool]) -> None:
+    """Download blobs into the cache, each in the mode wanted (executable or not)."""
+    groups, large = remote.batches(wanted)
+    missing: list[BlobDigest] = []
+
+    def batch(group: list[BlobDigest]) -> None:
+        try:
+            for d, data in remote.batch_read(group):
+                local.put_bytes(d, data, wanted[d])
+        except MissingBlobs as e:
+            missing.extend(e.digests)
+
+    def stream(d: BlobDigest) -> None:
+        try:
+            local.put_stream(d, lambda f: remote.stream_read(d, f), wanted[d])
+        except MissingBlobs as e:
+            missing.extend(e.digests)
+
+    with ThreadPoolExecutor(FETCH_THREADS) as pool:
+        for result in [pool.submit(batch, g) for g in groups] + [pool.submit(stream, d) for d in large]:
+            result.result()
+    if missing:
+        raise MissingBlobs(missing, "input file")
+
+
+def ensure_cached(remote: RemoteCas, local: LocalCas, needed: set[tuple[BlobDigest, bool]]) -> None:
+    """Make every (digest, executable) entry present in the cache (the caller pins them)."""
+    fetch: dict[BlobDigest, bool] = {}
+    twins: list[tuple[BlobDigest, bool]] = []
+    for d, x in sorted(needed, key=lambda n: (n[0], not n[1])):
+        if local.has(d, x):
+            continue
+        if local.has(d, not x) or d in fetch:
+            twins.append((d, x))
+        else:
+            fetch[d] = x
+    _fetch(remote, local, fetch)
+    for d, x in twins:
+        if not local.make_variant(d, x):
+            _fetch(remote, local, {d: x})
+
+
+def _files(root: Path, lay: Layout) -> Iterator[tuple[str, BlobDigest, bool]]:
+    for rel, d, x in lay.files:
+        yield os.path.join(root, rel), d, x
+
+
+def materialise(remote: RemoteCas, local: LocalCas, function: int, root_digest: BlobDigest, dest: Path) -> Layout:
+    """Build the input root at dest (an existing empty directory)."""
+    tree = fetch_tree(remote, function, root_digest)
+    lay = layout(tree, function, root_digest)
+    for rel in lay.directories:
+        os.mkdir(os.path.join(dest, rel))
+    needed = {(d, x) for _, d, x in lay.files if not dg.is_empty(d)}
+    with local.pinned(needed):
+        ensure_cached(remote, local, needed)
+        retry: list[tuple[str, BlobDigest, bool]] = []
+        for path, d, x in _files(dest, lay):
+            if dg.is_empty(d):
+                with open(path, "xb"):
+                    pass
+                os.chmod(path, EXECUTABLE if x else READ_ONLY)
+            elif not local.link_to(d, x, path):
+                retry.append((path, d, x))
+        if retry:  # evicted by another process between fetch and link: once more
+            ensure_cached(remote, local, {(d, x) for _, d, x in retry})
+            for path, d, x in retry:
+                if not local.link_to(d, x, path):
+                    raise MissingBlobs([d], "input file (evicted while materialising)")
+    for rel, target in lay.symlinks:
+        os.symlink(target, os.path.join(dest, rel))
+    for rel, target in lay.symlinks:
+        if not inside(str(dest), os.path.join(dest, rel)):
+            raise InvalidArgument(f"input symlink {rel!r} -> {target!r} resolves outside the input root")
+    return lay

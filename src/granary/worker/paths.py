@@ -1,0 +1,68 @@
+"""Path checks: names and relative paths that cannot leave the input root."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+from granary.errors import InvalidArgument
+
+
+def check_name(name: str, what: str) -> str:
+    """A single path component from a Directory node: no separators, no '.', '..' or empty."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise InvalidArgument(f"{what}: invalid name {name!r} (must be one path component)")
+    return name
+
+
+def check_relative(path: str, what: str) -> str:
+    """A relative path (working directory, output path) that stays inside the root.
+
+    Returns it normalised ('' for the root itself). '..' is refused even when
+    it would come back inside: REAPI paths are plain downward paths.
+    """
+    if "\0" in path:
+        raise InvalidArgument(f"{what}: invalid path {path!r}")
+    if path.startswith("/"):
+        raise InvalidArgument(f"{what}: path {path!r} must be relative to the input root")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidArgument(f"{what}: path {path!r} must not contain '..'")
+    return "/".join(parts)
+
+
+def join_output(working_directory: str, path: str, what: str) -> str:
+    """An output path (relative to the working directory) as a path relative to the input root."""
+    rel = check_relative(path, what)
+    if not rel:
+        raise InvalidArgument(f"{what}: output path {path!r} names the working directory itself")
+    return posixpath.join(working_directory, rel) if working_directory else rel
+
+
+def symlink_stays_inside(link_rel: str, target: str) -> bool:
+    """Whether a symlink at link_rel (relative to the root) pointing at target stays inside the root.
+
+    Absolute targets are outside by definition; relative ones are resolved
+    lexically from the link's directory, component by component, so
+    'a/../../x' is caught even when it ends up back inside.
+    """
+    if not target or target.startswith("/") or "\0" in target:
+        return False
+    depth = len([p for p in posixpath.dirname(link_rel).split("/") if p])
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return False
+        else:
+            depth += 1
+    return True
+
+
+def inside(root: str, path: str) -> bool:
+    """Whether the real path of `path` (symlinks resolved) is within the real path of root."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root + os.sep)

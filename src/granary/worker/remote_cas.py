@@ -1,0 +1,252 @@
+"""The server's CAS as the worker uses it: batched reads and writes, ByteStream for large blobs."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
+
+import grpc
+
+from granary import digest as dg
+from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+from granary._proto.google.bytestream import bytestream_pb2 as bs_pb2
+from granary._proto.google.bytestream import bytestream_pb2_grpc as bs_grpc
+from granary.digest import BlobDigest
+
+log = logging.getLogger("granary.worker.cas")
+
+CHUNK = 1 << 20  # ByteStream write chunk
+DEFAULT_BATCH = 4_000_000  # when the server advertises no limit
+BATCH_OVERHEAD = 64 << 10  # room left in a batch for per-blob framing
+FIND_MISSING_CHUNK = 10_000  # digests per FindMissingBlobs call
+
+
+class MissingBlobs(Exception):
+    """Blobs the server does not have (or sent corrupted)."""
+
+    def __init__(self, digests: list[BlobDigest], what: str = "blob"):
+        self.digests = digests
+        listed = ", ".join(str(d) for d in digests[:5]) + (" ..." if len(digests) > 5 else "")
+        super().__init__(f"{len(digests)} {what}(s) missing from the CAS: {listed}")
+
+
+def to_proto(d: BlobDigest) -> re_pb2.Digest:
+    return re_pb2.Digest(hash=d.hash, size_bytes=d.size)
+
+
+def from_proto(function: int, d: re_pb2.Digest) -> BlobDigest:
+    """A digest from a message the client sent; InvalidArgument names it when malformed."""
+    return dg.make_digest(function, d.hash, d.size_bytes)
+
+
+class RemoteCas:
+    """Sync client of one instance's CAS and ByteStream on a shared channel."""
+
+    def __init__(self, channel: grpc.Channel, instance: str, max_batch: int | None = None):
+        self.instance = instance
+        self._cas = re_grpc.ContentAddressableStorageStub(channel)
+        self._bs = bs_grpc.ByteStreamStub(channel)
+        self._caps = re_grpc.CapabilitiesStub(channel)
+        self._max_batch = max_batch
+
+    @property
+    def max_batch(self) -> int:
+        """Bytes of blob data per batch call, from the server's Capabilities (asked once)."""
+        if self._max_batch is None:
+            limit = DEFAULT_BATCH
+            try:
+                caps = self._caps.GetCapabilities(
+                    re_pb2.GetCapabilitiesRequest(instance_name=self.instance), timeout=30
+                )
+                limit = caps.cache_capabilities.max_batch_total_size_bytes or DEFAULT_BATCH
+            except grpc.RpcError as e:
+                log.warning("GetCapabilities failed (%s); assuming batches of %d bytes", e.code(), limit)
+            self._max_batch = max(limit - BATCH_OVERHEAD, 1)
+        return self._max_batch
+
+    # ---- naming -------------------------------------------------------------
+
+    def _prefix(self) -> str:
+        return f"{self.instance}/" if self.instance else ""
+
+    @staticmethod
+    def _tail(d: BlobDigest) -> str:
+        fn = f"{dg.function_name(d.function)}/" if d.function in dg.NAMED_IN_RESOURCE else ""
+        return f"blobs/{fn}{d.hash}/{d.size}"
+
+    def read_resource(self, d: BlobDigest) -> str:
+        return self._prefix() + self._tail(d)
+
+    def write_resource(self, d: BlobDigest) -> str:
+        return f"{self._prefix()}uploads/{uuid.uuid4()}/{self._tail(d)}"
+
+    # ---- reads --------------------------------------------------------------
+
+    def batches(self, digests: Iterable[BlobDigest]) -> tuple[list[list[BlobDigest]], list[BlobDigest]]:
+        """Split distinct non-empty digests into batch groups and a list of large ones."""
+        groups: list[list[BlobDigest]] = []
+        large: list[BlobDigest] = []
+        current: list[BlobDigest] = []
+        total = 0
+        for d in dict.fromkeys(digests):
+            if d.size > self.max_batch:
+                large.append(d)
+                continue
+            if current and total + d.size > self.max_batch:
+                groups.append(current)
+                current, total = [], 0
+            current.append(d)
+            total += d.size
+        if current:
+            groups.append(current)
+        return groups, large
+
+    def batch_read(self, digests: list[BlobDigest]) -> Iterator[tuple[BlobDigest, bytes]]:
+        """Read one batch group; yields verified blobs, raises MissingBlobs for the rest."""
+        if not digests:
+            return
+        function = digests[0].function
+        resp = self._cas.BatchReadBlobs(
+            re_pb2.BatchReadBlobsRequest(
+                instance_name=self.instance,
+                digests=[to_proto(d) for d in digests],
+                digest_function=function,
+            ),
+            timeout=300,
+        )
+        wanted = {(d.hash, d.size): d for d in digests}
+        missing: list[BlobDigest] = []
+        for r in resp.responses:
+            d = wanted.pop((r.digest.hash, r.digest.size_bytes), None)
+            if d is None:
+                continue
+            if r.status.code != 0 or r.compressor != 0 or not dg.matches(d, r.data):
+                missing.append(d)
+                continue
+            yield d, r.data
+        missing.extend(wanted.values())
+        if missing:
+            raise MissingBlobs(missing)
+
+    def stream_read(self, d: BlobDigest, out: BinaryIO) -> None:
+        """Stream one blob into `out`, verifying it; MissingBlobs when absent or corrupted."""
+        h = dg.new_hasher(d.function)
+        size = 0
+        try:
+            for r in self._bs.Read(bs_pb2.ReadRequest(resource_name=self.read_resource(d)), timeout=3600):
+                h.update(r.data)
+                out.write(r.data)
+                size += len(r.data)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                raise MissingBlobs([d]) from None
+            raise
+        if size != d.size or h.hexdigest() != d.hash:
+            raise MissingBlobs([d], "corrupted blob")
+
+    def read_small(self, digests: Iterable[BlobDigest]) -> dict[BlobDigest, bytes]:
+        """Whole blobs in memory (Directory and Command messages): batches, ByteStream when large."""
+        import io
+
+        out: dict[BlobDigest, bytes] = {}
+        missing: list[BlobDigest] = []
+        todo = [d for d in digests if d.size or not dg.is_empty(d)]
+        for d in digests:
+            if d.size == 0 and dg.is_empty(d):
+                out[d] = b""
+        groups, large = self.batches(todo)
+        for group in groups:
+            try:
+                for d, data in self.batch_read(group):
+                    out[d] = data
+            except MissingBlobs as e:
+                missing.extend(e.digests)
+        for d in large:
+            buf = io.BytesIO()
+            try:
+                self.stream_read(d, buf)
+            except MissingBlobs as e:
+                missing.extend(e.digests)
+                continue
+            out[d] = buf.getvalue()
+        if missing:
+            raise MissingBlobs(missing)
+        return out
+
+    # ---- writes -------------------------------------------------------------
+
+    def find_missing(self, digests: Iterable[BlobDigest]) -> list[BlobDigest]:
+        todo = [d for d in dict.fromkeys(digests) if not (d.size == 0 and dg.is_empty(d))]
+        missing: list[BlobDigest] = []
+        for i in range(0, len(todo), FIND_MISSING_CHUNK):
+            part = todo[i : i + FIND_MISSING_CHUNK]
+            by_key = {(d.hash, d.size): d for d in part}
+            resp = self._cas.FindMissingBlobs(
+                re_pb2.FindMissingBlobsRequest(
+                    instance_name=self.instance,
+                    blob_digests=[to_proto(d) for d in part],
+                    digest_function=part[0].function,
+                ),
+                timeout=120,
+            )
+            missing.extend(by_key[(m.hash, m.size_bytes)] for m in resp.missing_blob_digests
+                           if (m.hash, m.size_bytes) in by_key)
+        return missing
+
+    def upload(self, blobs: dict[BlobDigest, Callable[[], BinaryIO]]) -> None:
+        """Upload what the server lacks. Each value opens the blob's bytes for reading."""
+        missing = self.find_missing(blobs)
+        groups, large = self.batches(missing)
+        for group in groups:
+            reqs = []
+            for d in group:
+                with blobs[d]() as f:
+                    reqs.append(re_pb2.BatchUpdateBlobsRequest.Request(digest=to_proto(d), data=f.read()))
+            resp = self._cas.BatchUpdateBlobs(
+                re_pb2.BatchUpdateBlobsRequest(
+                    instance_name=self.instance, requests=reqs, digest_function=group[0].function
+                ),
+                timeout=300,
+            )
+            failed = [r for r in resp.responses if r.status.code != 0]
+            if failed:
+                r = failed[0]
+                raise UploadError(
+                    f"BatchUpdateBlobs refused {len(failed)} blob(s), first {r.digest.hash}/"
+                    f"{r.digest.size_bytes}: {r.status.message}"
+                )
+        for d in large:
+            with blobs[d]() as f:
+                self.stream_write(d, f)
+
+    def stream_write(self, d: BlobDigest, f: BinaryIO) -> None:
+        name = self.write_resource(d)
+
+        def requests() -> Iterator[bs_pb2.WriteRequest]:
+            offset = 0
+            while True:
+                data = f.read(CHUNK)
+                last = offset + len(data) >= d.size or not data
+                yield bs_pb2.WriteRequest(
+                    resource_name=name if offset == 0 else "", write_offset=offset, data=data, finish_write=last
+                )
+                offset += len(data)
+                if last:
+                    return
+
+        try:
+            resp = self._bs.Write(requests(), timeout=3600)
+        except grpc.RpcError as e:
+            # ALREADY_EXISTS: someone else finished this blob first (the spec's early return).
+            if e.code() == grpc.StatusCode.ALREADY_EXISTS:
+                return
+            raise
+        if resp.committed_size not in (d.size, -1):
+            raise UploadError(f"ByteStream Write of {d} committed {resp.committed_size} bytes")
+
+
+class UploadError(Exception):
+    pass
