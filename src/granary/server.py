@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import grpc
 
-from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
-from granary._proto.google.bytestream import bytestream_pb2_grpc as bs_grpc
+from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from granary._proto.google.bytestream import bytestream_pb2 as bs_pb2
 from granary.bootstrap import build_app
 from granary.config import Config
 from granary.errors import ConfigError
@@ -25,6 +25,7 @@ from granary.services.ac_service import ActionCacheService
 from granary.services.bytestream_service import ByteStreamService
 from granary.services.capabilities_service import CapabilitiesService
 from granary.services.cas_service import CasService
+from granary.services.registry import add_servicer
 
 log = logging.getLogger("granary.server")
 
@@ -44,10 +45,11 @@ async def serve(cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[in
     app = build_app(cfg)
     server = grpc.aio.server(options=grpc_options(cfg, reuse_port))
     instances = app.instances
-    re_grpc.add_ContentAddressableStorageServicer_to_server(CasService(instances), server)
-    re_grpc.add_ActionCacheServicer_to_server(ActionCacheService(instances), server)
-    re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesService(instances), server)
-    bs_grpc.add_ByteStreamServicer_to_server(ByteStreamService(instances), server)
+    re_services = re_pb2.DESCRIPTOR.services_by_name
+    add_servicer(server, CasService(instances), re_services["ContentAddressableStorage"])
+    add_servicer(server, ActionCacheService(instances), re_services["ActionCache"])
+    add_servicer(server, CapabilitiesService(instances), re_services["Capabilities"])
+    add_servicer(server, ByteStreamService(instances), bs_pb2.DESCRIPTOR.services_by_name["ByteStream"])
     address = f"[{cfg.host}]:{port}" if ":" in cfg.host else f"{cfg.host}:{port}"
     try:
         bound = server.add_insecure_port(address)

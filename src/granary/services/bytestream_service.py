@@ -8,7 +8,14 @@ from granary.cas import bytestream
 from granary.errors import InvalidArgument
 from granary.instance import Instances
 from granary.resource_names import parse_read, parse_write
+from granary.services.registry import Malformed
 from granary.services.status import rpc
+
+
+def _checked(request):
+    if type(request) is Malformed:
+        raise InvalidArgument(request.describe())
+    return request
 
 
 class ByteStreamService(bs_grpc.ByteStreamServicer):
@@ -27,7 +34,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
     async def Write(self, request_iterator, context):
         iterator = request_iterator.__aiter__()
         try:
-            first = await iterator.__anext__()
+            first = _checked(await iterator.__anext__())
         except StopAsyncIteration:
             raise InvalidArgument("Write stream ended before its first request") from None
         res = parse_write(first.resource_name)
@@ -35,7 +42,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
 
         async def next_chunk():
             try:
-                return await iterator.__anext__()
+                return _checked(await iterator.__anext__())
             except StopAsyncIteration:
                 return None
 

@@ -10,7 +10,8 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from granary.errors import FailedPrecondition, GranaryError
+from granary.errors import FailedPrecondition, GranaryError, InvalidArgument
+from granary.services.registry import Malformed
 
 log = logging.getLogger("granary.rpc")
 
@@ -55,6 +56,8 @@ def rpc(fn):
         @functools.wraps(fn)
         async def stream(self, request, context):
             try:
+                if type(request) is Malformed:
+                    raise InvalidArgument(request.describe())
                 async for item in fn(self, request, context):
                     yield item
             except GranaryError as e:
@@ -69,6 +72,8 @@ def rpc(fn):
     @functools.wraps(fn)
     async def unary(self, request, context):
         try:
+            if type(request) is Malformed:
+                raise InvalidArgument(request.describe())
             return await fn(self, request, context)
         except GranaryError as e:
             await abort(context, e)
