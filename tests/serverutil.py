@@ -34,7 +34,7 @@ class GranaryProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
 
-    def __enter__(self) -> "GranaryProcess":
+    def __enter__(self) -> GranaryProcess:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:
@@ -64,7 +64,7 @@ def start_granary(
         cmd += ["--config", str(cfg)]
     cmd += list(args)
     log = tmp_path / "granary.log"
-    logf = open(log, "wb")
+    logf = open(log, "wb")  # noqa: SIM115 - closed with the process's output pump
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, start_new_session=True)
     found: list[str] = []
 

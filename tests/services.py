@@ -70,7 +70,7 @@ class PostgresServer:
         psql = _pg_bin("psql") or "psql"
         for _ in range(50):
             r = subprocess.run([psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c",
-                                f"CREATE DATABASE {name}"], capture_output=True)
+                                f"CREATE DATABASE {name}"], capture_output=True, check=False)
             if r.returncode == 0:
                 break
             time.sleep(0.1)
