@@ -213,3 +213,19 @@ def test_two_processes_share_one_store(tmp_path):
     finally:
         other.stdin.close()
         other.wait(10)
+
+
+def test_same_hash_with_another_size_is_missing_even_in_one_call(tmp_path):
+    d, data = blob(3000)
+    wrong = dg.BlobDigest(d.function, d.hash, d.size + 1)
+
+    async def go():
+        s = DiskBlobStore(tmp_path, 1 << 30)
+        await s.put_many([(d, data)])
+        for _ in range(2):  # first from SQL, then from the location cache
+            assert await s.find_missing([d, wrong]) == [wrong]
+            assert await s.find_missing([wrong, d]) == [wrong]
+            assert list(await s.get_many([wrong, d])) == [d]
+        await s.close()
+
+    run(go())

@@ -207,7 +207,8 @@ class DiskBlobStore(BlobStore):
             self._db.execute("COMMIT")
 
     def _locate_many(self, digests: Sequence[BlobDigest]) -> dict[str, tuple[int, int, int]]:
-        """Locations of the stored digests among `digests` (size must match)."""
+        """Locations of the stored keys among `digests`; callers compare sizes (a wrong size
+        means "not this blob")."""
         self._refresh()
         found: dict[str, tuple[int, int, int]] = {}
         unknown: list[str] = []
@@ -232,11 +233,6 @@ class DiskBlobStore(BlobStore):
                 found[key] = loc
                 hits.add(key)
             self._absent.update(k for k in unknown if k not in found)
-            # a size mismatch means "not this blob"
-            for d in digests:
-                loc = found.get(d.key)
-                if loc is not None and loc[0] != d.size:
-                    del found[d.key]
         self._maybe_flush_atimes()
         return found
 
@@ -244,7 +240,12 @@ class DiskBlobStore(BlobStore):
 
     async def find_missing(self, digests: Sequence[BlobDigest]) -> list[BlobDigest]:
         found = self._locate_many(digests)
-        return [d for d in digests if d.key not in found]
+        missing = []
+        for d in digests:
+            loc = found.get(d.key)
+            if loc is None or loc[0] != d.size:
+                missing.append(d)
+        return missing
 
     async def get_many(self, digests: Sequence[BlobDigest]) -> dict[BlobDigest, bytes]:
         found = self._locate_many(digests)
@@ -252,7 +253,7 @@ class DiskBlobStore(BlobStore):
         packed: list[tuple[int, int, int, BlobDigest]] = []
         for d in digests:
             loc = found.get(d.key)
-            if loc is None:
+            if loc is None or loc[0] != d.size:
                 continue
             if loc[1] == _FILE:
                 data = self._read_whole(d, loc)
@@ -351,7 +352,7 @@ class DiskBlobStore(BlobStore):
 
     async def read(self, digest: BlobDigest, offset: int = 0, limit: int = 0) -> AsyncIterator[bytes]:
         loc = self._locate_many([digest]).get(digest.key)
-        if loc is None:
+        if loc is None or loc[0] != digest.size:
             raise BlobNotFound(digest)
         size, pack, _ = loc
         end = size if limit <= 0 else min(size, offset + limit)
