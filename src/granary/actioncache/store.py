@@ -6,6 +6,7 @@ import abc
 import sqlite3
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 
@@ -29,6 +30,11 @@ class ActionCacheStore(abc.ABC):
     @abc.abstractmethod
     async def delete(self, key: str) -> None: ...
 
+    async def iterate(self) -> AsyncIterator[tuple[str, bytes, float]]:
+        """Every entry as (key, value, last update or access time), for cleanup."""
+        raise NotImplementedError(f"{self.name} action cache cannot list its entries")
+        yield  # pragma: no cover  (makes this an async generator)
+
     async def close(self) -> None:
         return None
 
@@ -39,6 +45,7 @@ class MemoryActionCacheStore(ActionCacheStore):
     def __init__(self, max_entries: int = 100_000):
         self.max_entries = max_entries
         self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._times: dict[str, float] = {}
 
     async def get(self, key: str) -> bytes | None:
         value = self._entries.get(key)
@@ -48,12 +55,18 @@ class MemoryActionCacheStore(ActionCacheStore):
 
     async def put(self, key: str, value: bytes) -> None:
         self._entries[key] = value
+        self._times[key] = time.time()
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+            self._times.pop(self._entries.popitem(last=False)[0], None)
 
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
+        self._times.pop(key, None)
+
+    async def iterate(self) -> AsyncIterator[tuple[str, bytes, float]]:
+        for key, value in list(self._entries.items()):
+            yield key, value, self._times.get(key, 0.0)
 
 
 class SqliteActionCacheStore(ActionCacheStore):
@@ -116,6 +129,10 @@ class SqliteActionCacheStore(ActionCacheStore):
 
     async def delete(self, key: str) -> None:
         self._db.execute("DELETE FROM results WHERE key = ?", (key,))
+
+    async def iterate(self) -> AsyncIterator[tuple[str, bytes, float]]:
+        for key, value, atime in self._db.execute("SELECT key, value, atime FROM results").fetchall():
+            yield key, value, float(atime)
 
     async def close(self) -> None:
         self._db.close()

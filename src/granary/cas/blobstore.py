@@ -27,7 +27,7 @@ class Presence:
     store can record the access.
     """
 
-    __slots__ = ("present", "absent", "hits")
+    __slots__ = ("absent", "hits", "present")
 
     def __init__(self, present: dict, absent: set, hits: set):
         self.present = present
@@ -56,7 +56,7 @@ class BlobWriter(abc.ABC):
 class BufferedWriter(BlobWriter):
     """Collects chunks in memory and stores them with `put_many` on commit."""
 
-    def __init__(self, store: "BlobStore", digest: BlobDigest):
+    def __init__(self, store: BlobStore, digest: BlobDigest):
         self._store = store
         self._digest = digest
         self._chunks: list[bytes] = []
@@ -77,6 +77,9 @@ class BlobStore(abc.ABC):
 
     #: human-readable name for logs and errors
     name: str = "store"
+    #: capability flags: can this store remove blobs / list them (for cleanup)?
+    supports_delete: bool = True
+    supports_listing: bool = True
 
     @abc.abstractmethod
     async def find_missing(self, digests: Sequence[BlobDigest]) -> list[BlobDigest]:

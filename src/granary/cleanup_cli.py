@@ -1,0 +1,53 @@
+"""`granary cleanup`: run the cleanup of every indexed CAS in a config once, now."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from granary.config import Config, load, parse_size
+from granary.errors import ConfigError
+from granary.storage_builder import StoreBuilder
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "cleanup",
+        help="delete least-recently-used blobs of indexed CAS stores down to their byte budget",
+    )
+    p.add_argument("--config", type=Path, required=True, help="YAML configuration file")
+    p.add_argument("--data-dir", type=Path, help="where relative store paths live")
+    p.add_argument("--target", help="clean down to this size (e.g. 50GiB); default: the store's max_size")
+    p.add_argument("--store", help="only the indexed store at this config path (e.g. storage.main)")
+    p.add_argument("--reindex", action="store_true",
+                   help="first add blobs the wrapped store holds but the index lacks")
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    cfg = load(args.config, args.data_dir)
+    target = parse_size(args.target, "--target") if args.target is not None else None
+    return asyncio.run(_cleanup(cfg, target, args.store, args.reindex))
+
+
+async def _cleanup(cfg: Config, target: int | None, only: str | None, reindex: bool) -> int:
+    builder = StoreBuilder(cfg)
+    try:
+        for name in cfg.storage:
+            builder.named_blob_store(name)
+        for name in cfg.action_caches:
+            builder.named_ac_store(name)
+        janitors = [j for j in builder.janitors() if only is None or j.where == only]
+        if not janitors:
+            where = f" at {only}" if only else ""
+            raise ConfigError(f"no indexed CAS store{where} in the config (type: indexed)")
+        for j in janitors:
+            if target is None and not j.max_size:
+                raise ConfigError(f"{j.where}.max_size: not set, so cleanup needs --target SIZE")
+            if reindex:
+                print(f"{j.where}: indexed {await j.index.reindex()} blobs", flush=True)
+            report = await j.clean(target)
+            print(f"granary cleanup: {report}", flush=True)
+    finally:
+        await builder.close()
+    return 0
