@@ -8,5 +8,8 @@
   inputs.py     checking that an action's inputs are all in the CAS
   opfilter.py   the ListOperations filter language
   operations.py turning jobs into google.longrunning Operations
-  scheduler.py  the per-server execution facade the services call
+  scheduler.py  Execute, WaitExecution and the Operations API over the queue
+  botsessions.py the Remote Workers API side: sessions and leases
+  farm.py       one process's share of the farm: wiring, start/stop, housekeeping
+  localworkers.py the `granary worker` processes `granary serve` starts
 """

@@ -1,5 +1,7 @@
 """`granary worker`: a Remote Workers API bot that runs REAPI actions.
 
+The lease contract is granary.execution.leases (shared with the Bots service).
+
 The pieces, each in its own module:
 
   bot.py        the bot session loop (CreateBotSession / UpdateBotSession, leases)
@@ -12,6 +14,5 @@ The pieces, each in its own module:
   outputs.py    collecting outputs into an ActionResult
   paths.py      path checks: nothing escapes the input root
   platform.py   the platform properties the worker advertises
-  payload.py    packing and unpacking lease payloads and results
   main.py       wiring, signals, shutdown
 """

@@ -58,6 +58,22 @@ def fetch_tree(remote: RemoteCas, function: int, root: BlobDigest) -> dict[BlobD
     return tree
 
 
+class _Names:
+    """Names of one directory: single components, each used once."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.where = f"input directory {prefix or '.'!r}"
+        self.seen: set[str] = set()
+
+    def add(self, name: str) -> str:
+        check_name(name, self.where)
+        if name in self.seen:
+            raise InvalidArgument(f"{self.where}: name {name!r} appears more than once")
+        self.seen.add(name)
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+
 def layout(tree: dict[BlobDigest, re_pb2.Directory], function: int, root: BlobDigest) -> Layout:
     """Walk the tree into a Layout, refusing anything that could escape the root."""
     out = Layout()
@@ -67,25 +83,16 @@ def layout(tree: dict[BlobDigest, re_pb2.Directory], function: int, root: BlobDi
         if depth > 512:
             raise InvalidArgument(f"input tree is deeper than 512 levels at {prefix!r}")
         msg = tree[d]
-        seen: set[str] = set()
-        where = f"input directory {prefix or '.'!r}"
-
-        def entry(name: str) -> str:
-            check_name(name, where)
-            if name in seen:
-                raise InvalidArgument(f"{where}: name {name!r} appears more than once")
-            seen.add(name)
-            return f"{prefix}/{name}" if prefix else name
-
+        names = _Names(prefix)
         for f in msg.files:
-            out.files.append((entry(f.name), from_proto(function, f.digest), f.is_executable))
+            out.files.append((names.add(f.name), from_proto(function, f.digest), f.is_executable))
         for s in msg.symlinks:
-            path = entry(s.name)
+            path = names.add(s.name)
             if not symlink_stays_inside(path, s.target):
                 raise InvalidArgument(f"input symlink {path!r} -> {s.target!r} points outside the input root")
             out.symlinks.append((path, s.target))
         for c in msg.directories:
-            path = entry(c.name)
+            path = names.add(c.name)
             out.directories.append(path)
             stack.append((path, from_proto(function, c.digest), depth + 1))
     return out

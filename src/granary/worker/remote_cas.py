@@ -151,6 +151,7 @@ class RemoteCas:
         """Whole blobs in memory (Directory and Command messages): batches, ByteStream when large."""
         import io
 
+        digests = list(digests)
         out: dict[BlobDigest, bytes] = {}
         missing: list[BlobDigest] = []
         todo = [d for d in digests if d.size or not dg.is_empty(d)]

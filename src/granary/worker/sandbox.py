@@ -74,7 +74,7 @@ def _probe(box: Bubblewrap) -> str:
     with tempfile.TemporaryDirectory(prefix="granary-bwrap-probe-") as d:
         argv = box.wrap(["/bin/sh", "-c", "exit 0"], Path(d), Path(d))
         try:
-            r = subprocess.run(argv, capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+            r = subprocess.run(argv, check=False, capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
         except (OSError, subprocess.TimeoutExpired) as e:
             return str(e)
         return "" if r.returncode == 0 else r.stderr.decode(errors="replace").strip() or f"exit {r.returncode}"

@@ -1,0 +1,218 @@
+"""The Remote Workers API side: bot sessions, leases offered, acknowledged, finished, revoked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from google.rpc import code_pb2, status_pb2
+
+from granary import digest as dg
+from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from granary._proto.google.devtools.remoteworkers.v1test2 import bots_pb2
+from granary.config import ExecutionConfig
+from granary.errors import InvalidArgument
+from granary.execution import leases
+from granary.execution.jobqueue import JobQueue
+from granary.execution.notifier import Notifier
+from granary.execution.operations import COMPLETED, EXECUTING
+from granary.execution.platform import Capabilities
+from granary.execution.scheduler import Scheduler, execution_of
+from granary.instance import Instance, Instances
+
+log = logging.getLogger("granary.execution.bots")
+SEPARATOR = "botSessions/"
+ACCEPTING = (bots_pb2.BotStatus.BOT_STATUS_UNSPECIFIED, bots_pb2.BotStatus.OK)
+DEADLINE_MARGIN = 1.0  # answer this long before the caller's deadline
+
+
+def parent_of(session_name: str) -> str:
+    if session_name.startswith(SEPARATOR):
+        return ""
+    parent, sep, _ = session_name.rpartition("/" + SEPARATOR)
+    if not sep:
+        raise InvalidArgument(f"bot session name {session_name!r} is not of the form [INSTANCE/]botSessions/ID")
+    return parent
+
+
+class BotSessions:
+    def __init__(
+        self, cfg: ExecutionConfig, queue: JobQueue, notifier: Notifier, instances: Instances, scheduler: Scheduler
+    ):
+        self.cfg = cfg
+        self.queue = queue
+        self.notifier = notifier
+        self.instances = instances
+        self.scheduler = scheduler
+
+    async def create(
+        self, parent: str, session: bots_pb2.BotSession, time_remaining: float | None
+    ) -> bots_pb2.BotSession:
+        inst = self.instances.get(parent)
+        execution_of(inst)
+        if not session.bot_id:
+            raise InvalidArgument("CreateBotSession: bot_session.bot_id is required")
+        session.name = f"{parent}/{SEPARATOR}{uuid.uuid4()}" if parent else f"{SEPARATOR}{uuid.uuid4()}"
+        return await self._exchange(inst, session.name, session, time_remaining, created=True)
+
+    async def update(
+        self, name: str, session: bots_pb2.BotSession, time_remaining: float | None
+    ) -> bots_pb2.BotSession:
+        if session.name and session.name != name:
+            raise InvalidArgument(f"UpdateBotSession: name {name!r} differs from bot_session.name {session.name!r}")
+        inst = self.instances.get(parent_of(name))
+        execution_of(inst)
+        return await self._exchange(inst, name, session, time_remaining, created=False)
+
+    async def _exchange(
+        self, inst: Instance, name: str, session: bots_pb2.BotSession, remaining: float | None, created: bool
+    ) -> bots_pb2.BotSession:
+        queue = execution_of(inst).queue
+        started = time.monotonic()
+        budget = min(self.cfg.bot_long_poll, math.inf if remaining is None else remaining - DEADLINE_MARGIN)
+        props = leases.worker_properties(session)
+        caps = Capabilities(props)
+        concurrency = leases.worker_concurrency(session)
+        row = {
+            "name": name, "bot_id": session.bot_id or name, "instance": inst.name, "queue": queue,
+            "properties": json.dumps(props), "concurrency": concurrency, "status": session.status,
+            "created_time": time.time(), "last_seen": time.time(),
+        }
+        await self.queue.run(self.queue.touch_bot, row)
+        if created:
+            self.scheduler.forget_live_offers()
+        reported = {lease.id: lease for lease in session.leases if lease.id}
+        accepting = session.status in ACCEPTING
+        while True:
+            with self.notifier.subscribe(list(reported), queue=queue if accepting else None) as sub:
+                out, acted = await self._reconcile(name, reported)
+                free = concurrency - len(out)
+                if accepting and free > 0:
+                    now = time.time()
+                    fresh = await self.queue.run(
+                        self.queue.assign, name, session.bot_id or name, queue, caps, free, now
+                    )
+                    for job in fresh:
+                        out.append(self._offer(job))
+                    if fresh:
+                        self.notifier.job_changed(*[j["name"] for j in fresh])
+                left = budget - (time.monotonic() - started)
+                if acted or _differs(reported, out) or left <= 0:
+                    break
+                await sub.wait(left)
+        if time.monotonic() - started > 1.0:
+            await self.queue.run(self.queue.seen_bot, name, time.time())
+        return self._session(name, session, out)
+
+    def _session(self, name: str, session: bots_pb2.BotSession, out: list[bots_pb2.Lease]) -> bots_pb2.BotSession:
+        reply = bots_pb2.BotSession(
+            name=name, bot_id=session.bot_id, status=session.status, version=session.version, leases=out
+        )
+        reply.worker.CopyFrom(session.worker)
+        expire = timestamp_pb2.Timestamp()
+        expire.FromNanoseconds(int((time.time() + self.cfg.bot_timeout) * 1e9))
+        reply.expire_time.CopyFrom(expire)
+        return reply
+
+    def _offer(self, job: Mapping[str, Any]) -> bots_pb2.Lease:
+        action = re_pb2.Action()
+        action.ParseFromString(job["action"])
+        return leases.make_lease(job["name"], action)
+
+    async def _reconcile(
+        self, name: str, reported: dict[str, bots_pb2.Lease]
+    ) -> tuple[list[bots_pb2.Lease], bool]:
+        """Apply what the bot reports; -> (the leases it should hold now, whether its report changed anything).
+
+        A report that changed something (an acknowledgement, a result) is
+        answered at once rather than long-polled.
+        """
+        held = await self.queue.run(self.queue.held_jobs, name)
+        out: list[bots_pb2.Lease] = []
+        acted = False
+        now = time.time()
+        for lease_id, lease in reported.items():
+            job = held.pop(lease_id, None)
+            state = lease.state
+            if job is None:  # not (or no longer) this bot's: re-queued elsewhere, cancelled, finished
+                if state in (leases.PENDING, leases.ACTIVE):
+                    out.append(bots_pb2.Lease(id=lease_id, state=leases.CANCELLED))
+                continue
+            if job["stage"] == COMPLETED or job["lease_state"] == leases.CANCELLED:
+                if state in (leases.COMPLETED, leases.CANCELLED):
+                    await self.queue.run(self.queue.release, lease_id, name)
+                else:
+                    out.append(bots_pb2.Lease(id=lease_id, state=leases.CANCELLED))
+                continue
+            if state == leases.COMPLETED:
+                await self._finish(job, lease, name, now)
+                acted = True
+            elif state == leases.CANCELLED:
+                await self._requeue(lease_id, name, "the worker gave the lease back", now)
+                acted = True
+            elif state == leases.ACTIVE:
+                pending = job["lease_state"] == leases.PENDING
+                if pending and await self.queue.run(self.queue.mark_active, lease_id, name, now):
+                    self.notifier.job_changed(lease_id)
+                    acted = True
+                out.append(bots_pb2.Lease(id=lease_id, state=leases.ACTIVE))
+            else:
+                out.append(self._offer(job))
+        for job_name, job in held.items():  # the bot did not mention these
+            if job["stage"] == COMPLETED or job["lease_state"] == leases.CANCELLED:
+                await self.queue.run(self.queue.release, job_name, name)
+            elif job["lease_state"] == leases.PENDING:
+                out.append(self._offer(job))  # the offer never reached it (or it ignored it): offer again
+            elif job["stage"] == EXECUTING:
+                await self._requeue(job_name, name, "the worker dropped the lease", now)
+        return out, acted
+
+    async def _requeue(self, job_name: str, bot_name: str, reason: str, now: float) -> None:
+        what = await self.queue.run(self.queue.requeue, job_name, bot_name, reason, now)
+        if what in ("requeued", "failed"):
+            self.notifier.job_changed(job_name)
+            self.notifier.queue_changed()
+
+    async def _finish(self, job: Mapping[str, Any], lease: bots_pb2.Lease, bot_name: str, now: float) -> None:
+        result = leases.lease_result(lease)
+        status = lease.status if lease.HasField("status") else status_pb2.Status(code=code_pb2.OK)
+        if result is None and status.code == code_pb2.OK:
+            status = status_pb2.Status(code=code_pb2.INTERNAL, message="the worker reported no ActionResult")
+        response = re_pb2.ExecuteResponse(status=status)
+        if result is not None:
+            meta = result.execution_metadata
+            if not meta.HasField("queued_timestamp"):
+                meta.queued_timestamp.FromNanoseconds(int(job["queued_time"] * 1e9))
+            if not meta.worker:
+                meta.worker = job["worker"] or bot_name
+            response.result.CopyFrom(result)
+            inst = self.instances.get(job["instance"])
+            cacheable = (
+                status.code == code_pb2.OK
+                and not job["do_not_cache"]
+                and inst.action_cache is not None
+                and (result.exit_code == 0 or self.cfg.cache_failed_actions)
+            )
+            if cacheable:
+                hash_, _, size = job["action_key"].partition("/")
+                digest = dg.make_digest(job["digest_function"], hash_, int(size))
+                await inst.action_cache.put_unchecked(digest, result)
+        done = await self.queue.run(self.queue.complete, job["name"], bot_name, response.SerializeToString(), now)
+        if done:
+            self.notifier.job_changed(job["name"])
+
+
+def _differs(reported: dict[str, bots_pb2.Lease], out: list[bots_pb2.Lease]) -> bool:
+    if len(out) != len(reported):
+        return True
+    for lease in out:
+        mine = reported.get(lease.id)
+        if mine is None or mine.state != lease.state:
+            return True
+    return False

@@ -1,0 +1,62 @@
+"""`granary worker` command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from granary.config import parse_size
+from granary.errors import ConfigError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("worker", help="run actions for a Granary (or any Remote Workers API) server")
+    p.add_argument("--server", required=True, help="server address: HOST:PORT, grpc://HOST:PORT or grpcs://HOST:PORT")
+    p.add_argument("--instance", default="", help="REAPI instance name (default: empty)")
+    p.add_argument("--concurrency", type=int, help="actions at once, one bot session each (default: one per core)")
+    p.add_argument("--property", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra platform property to advertise (repeatable; OSFamily and ISA are detected)")
+    p.add_argument("--cache-dir", type=Path, help="local CAS cache (default ~/.cache/granary-worker/cas)")
+    p.add_argument("--cache-size", default="10GiB", help="bound of the local CAS cache (default 10GiB)")
+    p.add_argument("--work-dir", type=Path,
+                   help="where input roots are built (default: beside the cache dir, same filesystem)")
+    p.add_argument("--sandbox", choices=("none", "bwrap", "auto"), default="auto",
+                   help="bwrap: run actions under bubblewrap; auto (default): bwrap when it works here")
+    p.add_argument("--sandbox-path", action="append", default=[], metavar="PATH",
+                   help="extra host path to show read-only inside the bwrap sandbox (repeatable)")
+    p.add_argument("--name", help="worker name, prefix of bot ids (default: host name)")
+    p.add_argument("--shutdown-grace", type=float, default=30.0,
+                   help="seconds running actions may finish after SIGTERM (default 30)")
+    p.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from granary.worker.main import WorkerConfig, default_concurrency, run
+    from granary.worker.platform import parse_property
+
+    concurrency = default_concurrency() if args.concurrency is None else args.concurrency
+    if concurrency < 1:
+        raise ConfigError(f"--concurrency: expected 1 or more, got {concurrency}")
+    try:
+        props = [parse_property(p) for p in args.property]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    cfg = WorkerConfig(
+        server=args.server,
+        instance=args.instance,
+        concurrency=concurrency,
+        properties=props,
+        cache_size=parse_size(args.cache_size, "--cache-size"),
+        work_dir=args.work_dir,
+        sandbox=args.sandbox,
+        sandbox_paths=tuple(args.sandbox_path),
+        shutdown_grace=args.shutdown_grace,
+    )
+    if args.cache_dir is not None:
+        cfg.cache_dir = args.cache_dir
+    if args.name:
+        cfg.name = args.name
+    try:
+        return run(cfg)
+    except ValueError as e:  # the sandbox asked for cannot work here
+        raise ConfigError(str(e)) from None

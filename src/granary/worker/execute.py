@@ -1,0 +1,224 @@
+"""One action end to end: fetch, materialise, run, collect, upload, report.
+
+`ActionRun.run()` never raises: every failure becomes the google.rpc.Status
+of the lease (with whatever partial ActionResult exists), so the bot loop
+only has to pass results on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+
+from granary import digest as dg
+from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from granary.digest import BlobDigest
+from granary.errors import FailedPrecondition, GranaryError, InvalidArgument
+from granary.services.status import rich_status
+from granary.worker.inputs import materialise
+from granary.worker.local_cas import LocalCas
+from granary.worker.outputs import Collector, collect, output_parents
+from granary.worker.paths import check_relative, inside
+from granary.worker.process import Command, CommandCancelled
+from granary.worker.remote_cas import MissingBlobs, RemoteCas, UploadError
+from granary.worker.sandbox import Sandbox
+
+log = logging.getLogger("granary.worker.execute")
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_CANDIDATES = {64: (dg.SHA256, dg.BLAKE3), 40: (dg.SHA1,), 32: (dg.MD5,), 96: (dg.SHA384,), 128: (dg.SHA512,)}
+
+
+class Cancelled(Exception):
+    pass
+
+
+def now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def missing_status(e: MissingBlobs) -> status_pb2.Status:
+    return rich_status(FailedPrecondition(
+        str(e), [("MISSING", f"blobs/{d.hash}/{d.size}", "not in the CAS") for d in e.digests]
+    ))
+
+
+@dataclass
+class Executor:
+    """What every action of this worker shares."""
+
+    remote: RemoteCas
+    local: LocalCas
+    sandbox: Sandbox
+    work_dir: Path
+    worker_name: str
+
+
+class ActionRun:
+    """The run of one lease's action; cancel() may be called from any thread."""
+
+    def __init__(self, ex: Executor, action: re_pb2.Action, worker: str = ""):
+        self.ex = ex
+        self.action = action
+        self.command_run = Command()
+        self.cancelled = False
+        self.meta = re_pb2.ExecutedActionMetadata(worker=worker or ex.worker_name)
+        self.result = re_pb2.ActionResult()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.command_run.cancel()
+
+    def _check(self) -> None:
+        if self.cancelled:
+            raise Cancelled()
+
+    def run(self) -> tuple[re_pb2.ActionResult, status_pb2.Status]:
+        self.meta.worker_start_timestamp.CopyFrom(now())
+        work = self.ex.work_dir / uuid.uuid4().hex
+        try:
+            work.mkdir(parents=True)
+            status = self._run(work)
+        except Cancelled:
+            status = status_pb2.Status(code=grpc.StatusCode.CANCELLED.value[0], message="action cancelled")
+        except MissingBlobs as e:
+            status = missing_status(e)
+        except GranaryError as e:
+            status = rich_status(e)
+        except grpc.RpcError as e:
+            status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0],
+                                       message=f"worker could not reach the CAS: {e.code().name}: {e.details()}")
+        except UploadError as e:
+            status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message=f"output upload: {e}")
+        except Exception as e:  # a worker bug or a host problem: report it, keep the worker alive
+            log.exception("action failed inside the worker")
+            status = status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0],
+                                       message=f"worker error: {type(e).__name__}: {e}")
+        finally:
+            remove_tree(work)
+        self.meta.worker_completed_timestamp.CopyFrom(now())
+        self.result.execution_metadata.CopyFrom(self.meta)
+        return self.result, status
+
+    # ---- stages -------------------------------------------------------------
+
+    def _load(self) -> tuple[re_pb2.Action, int, re_pb2.Command]:
+        """The Action, the digest function its digests use, and its Command."""
+        d = self.action.command_digest
+        function, blob = self._fetch_identified(d, "command")
+        command = _parse(re_pb2.Command, blob, f"command {d.hash}/{d.size_bytes}")
+        if not command.arguments:
+            raise InvalidArgument(f"command {d.hash}/{d.size_bytes} has no arguments")
+        return self.action, function, command
+
+    def _fetch_identified(self, d: re_pb2.Digest, what: str) -> tuple[int, bytes]:
+        """Fetch a blob, finding which digest function names it (SHA256 and BLAKE3 share a length)."""
+        candidates = _CANDIDATES.get(len(d.hash))
+        if not candidates:
+            raise InvalidArgument(f"digest {d.hash}/{d.size_bytes}: unknown digest function")
+        last: MissingBlobs | None = None
+        for function in candidates:
+            bd = dg.make_digest(function, d.hash, d.size_bytes)
+            try:
+                return function, self.ex.remote.read_small([bd])[bd]
+            except MissingBlobs as e:
+                last = e
+        assert last is not None
+        raise MissingBlobs(last.digests, what or "blob")
+
+    def _run(self, work: Path) -> status_pb2.Status:
+        self.meta.input_fetch_start_timestamp.CopyFrom(now())
+        action, function, command = self._load()
+        self._check()
+        root = work / "root"
+        root.mkdir()
+        input_root = dg.make_digest(function, action.input_root_digest.hash, action.input_root_digest.size_bytes)
+        materialise(self.ex.remote, self.ex.local, function, input_root, root)
+        cwd = self._prepare(root, command)
+        self.meta.input_fetch_completed_timestamp.CopyFrom(now())
+        self._check()
+
+        env = {e.name: e.value for e in command.environment_variables}
+        env.setdefault("PATH", DEFAULT_PATH)
+        timeout = action.timeout.ToTimedelta().total_seconds() if action.HasField("timeout") else 0
+        argv = self.ex.sandbox.wrap(list(command.arguments), root, cwd)
+        self.meta.execution_start_timestamp.CopyFrom(now())
+        try:
+            outcome = self.command_run.run(argv, env, cwd, work / "stdout", work / "stderr", timeout or None)
+        except CommandCancelled:
+            raise Cancelled() from None
+        self.meta.execution_completed_timestamp.CopyFrom(now())
+        self.meta.virtual_execution_duration.FromNanoseconds(int(outcome.seconds * 1e9))
+        self._check()
+
+        self.meta.output_upload_start_timestamp.CopyFrom(now())
+        collected = collect(root, command, function)
+        self.result.MergeFrom(collected.result)
+        self.result.exit_code = outcome.exit_code
+        std = Collector(work, function)
+        self.result.stdout_digest.CopyFrom(_proto(std.add_file(str(work / "stdout"))))
+        self.result.stderr_digest.CopyFrom(_proto(std.add_file(str(work / "stderr"))))
+        self.ex.remote.upload({**collected.blobs, **std.out.blobs})
+        self.meta.output_upload_completed_timestamp.CopyFrom(now())
+        if outcome.timed_out:
+            return status_pb2.Status(code=grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+                                     message=f"action timed out after {timeout:g}s; its process group was killed")
+        return status_pb2.Status(code=0)
+
+    def _prepare(self, root: Path, command: re_pb2.Command) -> Path:
+        """Working directory and output parents, created inside the input root."""
+        wd = check_relative(command.working_directory, "working_directory")
+        for rel in [wd, *output_parents(command)]:
+            if not rel:
+                continue
+            path = root / rel
+            path.mkdir(parents=True, exist_ok=True)
+            if not inside(str(root), str(path)):
+                raise InvalidArgument(f"path {rel!r} resolves outside the input root through a symlink")
+        return root / wd if wd else root
+
+
+def _parse(cls, blob: bytes, what: str):
+    msg = cls()
+    try:
+        msg.ParseFromString(blob)
+    except DecodeError:
+        raise InvalidArgument(f"{what} is not a valid {cls.DESCRIPTOR.name} message") from None
+    return msg
+
+
+def _proto(d: BlobDigest) -> re_pb2.Digest:
+    return re_pb2.Digest(hash=d.hash, size_bytes=d.size)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a work directory even when the action made parts of it read-only."""
+
+    def retry(func, p, _exc) -> None:
+        try:
+            parent = os.path.dirname(p)
+            os.chmod(parent, stat.S_IRWXU)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, stat.S_IRWXU)
+            func(p)
+        except OSError:
+            pass
+
+    if path.exists():
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=retry)
+        else:
+            shutil.rmtree(path, onerror=retry)

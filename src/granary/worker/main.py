@@ -1,0 +1,146 @@
+"""Wiring a worker process: channel, caches, sandbox, bot sessions, signals.
+
+Each unit of --concurrency is its own bot session (bot id NAME-PID-K) holding
+at most one lease at a time, so any server that gives one lease per bot (as
+BuildGrid does) fills every slot. All sessions share one channel, one local
+CAS and one work directory.
+
+First SIGTERM/SIGINT: stop taking work, let running actions finish for up to
+--shutdown-grace seconds, report them, leave. Second signal (or the grace
+running out): kill running actions, report them UNAVAILABLE so the server
+can re-queue them, leave.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from granary.worker.bot import BotConfig, BotSession, Shutdown
+from granary.worker.execute import Executor, remove_tree
+from granary.worker.local_cas import LocalCas
+from granary.worker.platform import properties
+from granary.worker.remote_cas import RemoteCas
+from granary.worker.sandbox import make_sandbox
+
+log = logging.getLogger("granary.worker")
+
+MAX_MESSAGE = 64 << 20
+
+
+@dataclass
+class WorkerConfig:
+    server: str
+    instance: str = ""
+    concurrency: int = 1
+    properties: list[tuple[str, str]] = field(default_factory=list)
+    cache_dir: Path = Path.home() / ".cache" / "granary-worker" / "cas"
+    work_dir: Path | None = None  # default: next to the cache (same filesystem, so hardlinks work)
+    cache_size: int = 10 << 30
+    sandbox: str = "auto"
+    sandbox_paths: tuple[str, ...] = ()
+    name: str = field(default_factory=socket.gethostname)
+    poll_timeout: float = 60.0
+    shutdown_grace: float = 30.0
+
+
+def default_concurrency() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def channel_for(server: str) -> grpc.Channel:
+    """grpc://HOST:PORT or HOST:PORT (plain), grpcs://HOST:PORT (TLS with the system roots)."""
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if server.startswith("grpcs://"):
+        return grpc.secure_channel(server.removeprefix("grpcs://"), grpc.ssl_channel_credentials(), options)
+    return grpc.insecure_channel(server.removeprefix("grpc://"), options)
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig):
+        self.cfg = cfg
+        self.shutdown = Shutdown()
+        work_dir = cfg.work_dir or cfg.cache_dir.parent / "work"
+        self.work_dir = work_dir / f"{os.getpid()}"
+        self.channel = channel_for(cfg.server)
+        sandbox = make_sandbox(cfg.sandbox, cfg.sandbox_paths)
+        self.executor = Executor(
+            remote=RemoteCas(self.channel, cfg.instance),
+            local=LocalCas(cfg.cache_dir, cfg.cache_size),
+            sandbox=sandbox,
+            work_dir=self.work_dir,
+            worker_name=cfg.name,
+        )
+        props = properties(cfg.properties)
+        self.sessions = [
+            BotSession(self.channel, self.executor,
+                       BotConfig(cfg.instance, f"{cfg.name}-{os.getpid()}-{k}", props, cfg.poll_timeout),
+                       self.shutdown)
+            for k in range(cfg.concurrency)
+        ]
+        log.info("worker %s: %d slot(s), sandbox %s, platform %s", cfg.name, cfg.concurrency, sandbox.name,
+                 ", ".join(f"{k}={v}" for k, v in props))
+
+    def stop(self, abandon: bool = False) -> None:
+        """Begin a clean shutdown (abandon: kill running actions now)."""
+        if abandon or self.shutdown.draining.is_set():
+            self.shutdown.abandon.set()
+        self.shutdown.draining.set()
+        if not self.shutdown.abandon.is_set() and self.cfg.shutdown_grace >= 0:
+            timer = threading.Timer(self.cfg.shutdown_grace, self.stop, kwargs={"abandon": True})
+            timer.daemon = True
+            timer.start()
+        for s in self.sessions:
+            s.notify()
+
+    def run(self) -> None:
+        remove_stale_work_dirs(self.work_dir.parent)
+        remove_tree(self.work_dir)
+        self.work_dir.mkdir(parents=True)
+        threads = [threading.Thread(target=s.run, name=s.cfg.bot_id, daemon=True) for s in self.sessions]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.5)
+        finally:
+            self.channel.close()
+            remove_tree(self.work_dir)
+
+
+def remove_stale_work_dirs(parent: Path) -> None:
+    """Work directories left by worker processes that died without cleaning up."""
+    if not parent.is_dir():
+        return
+    for d in parent.iterdir():
+        if d.name.isdigit() and not Path(f"/proc/{d.name}").exists():
+            remove_tree(d)
+
+
+def run(cfg: WorkerConfig) -> int:
+    worker = Worker(cfg)
+
+    def on_signal(signum: int, _frame) -> None:
+        log.warning("worker: %s received; %s", signal.Signals(signum).name,
+                    "abandoning running actions" if worker.shutdown.draining.is_set() else "finishing running actions")
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"granary: worker {cfg.name} serving {cfg.server} with {cfg.concurrency} slot(s)", flush=True)
+    worker.run()
+    return 0

@@ -1,0 +1,36 @@
+"""The platform properties a worker advertises (REAPI platform.md names)."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+# platform.machine() spellings -> REAPI ISA names (platform.md: "x86-64", "aarch64", ...).
+_ISA = {
+    "x86_64": "x86-64", "amd64": "x86-64", "i386": "x86-32", "i686": "x86-32",
+    "aarch64": "aarch64", "arm64": "aarch64", "armv7l": "armv7l",
+    "ppc64le": "power-isa-le", "ppc64": "power-isa-be", "s390x": "s390x", "riscv64": "riscv64",
+}
+
+
+def os_family() -> str:
+    return {"linux": "linux", "darwin": "macos", "win32": "windows"}.get(sys.platform, sys.platform)
+
+
+def isa() -> str:
+    machine = platform.machine().lower()
+    return _ISA.get(machine, machine)
+
+
+def parse_property(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--property: expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def properties(extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """OSFamily and ISA detected, then the extra ones (a repeated key adds a value; OSFamily/ISA override)."""
+    overridden = {k for k, _ in extra if k in ("OSFamily", "ISA")}
+    detected = [(k, v) for k, v in (("OSFamily", os_family()), ("ISA", isa())) if k not in overridden]
+    return list(dict.fromkeys([*detected, *extra]))
