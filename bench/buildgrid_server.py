@@ -152,7 +152,7 @@ def start_buildgrid(
     cfg = data_dir / "buildgrid.yml"
     cfg.write_text(render_config(data_dir, port, threads=threads))
     log_path = log_path or (data_dir / "buildgrid.log")
-    log = open(log_path, "ab")
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
     proc = subprocess.Popen(
         [str(bgd), "server", "start", str(cfg)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -5,38 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from granary.actioncache.actioncache import ActionCache
-from granary.actioncache.store import ActionCacheStore, MemoryActionCacheStore, SqliteActionCacheStore
+from granary.actioncache.store import ActionCacheStore
 from granary.cas.blobstore import BlobStore
 from granary.cas.cas import ContentAddressableStorage
-from granary.cas.disk import DiskBlobStore
-from granary.cas.memory import MemoryBlobStore
+from granary.cleanup import Janitor
 from granary.config import Config, InstanceSpec, StoreSpec
+from granary.execution.farm import ExecutionFarm, database_url
+from granary.execution.scheduler import ExecutionInstance, execution_capabilities
 from granary.instance import WILDCARD, Instance, Instances
+from granary.storage_builder import StoreBuilder
 
 
 def build_blob_store(spec: StoreSpec, cfg: Config) -> BlobStore:
-    o = spec.options
-    if spec.type == "memory":
-        return MemoryBlobStore(o["max_size"])
-    if spec.type == "disk":
-        return DiskBlobStore(
-            cfg.resolve_path(o["path"]),
-            o["max_size"],
-            pack_max_blob=o["pack_max_blob"],
-            fsync=o["fsync"],
-        )
-    raise AssertionError(spec.type)
+    """One store (a whole tree of them for wrapping types); see storage_builder."""
+    return StoreBuilder(cfg).blob_store(spec)
 
 
 def build_ac_store(spec: StoreSpec, cfg: Config) -> ActionCacheStore:
-    o = spec.options
-    if spec.type == "memory":
-        return MemoryActionCacheStore(o["max_entries"])
-    if spec.type == "disk":
-        return SqliteActionCacheStore(cfg.resolve_path(o["path"]) / "actioncache.sqlite", o["max_entries"])
-    if spec.type == "sqlite":
-        return SqliteActionCacheStore(cfg.resolve_path(o["path"]), o["max_entries"])
-    raise AssertionError(spec.type)
+    return StoreBuilder(cfg).ac_store(spec)
 
 
 @dataclass
@@ -45,8 +31,16 @@ class App:
     cas_by_store: dict[str, ContentAddressableStorage]
     blob_stores: list[BlobStore] = field(default_factory=list)
     ac_stores: list[ActionCacheStore] = field(default_factory=list)
+    execution: ExecutionFarm | None = None
+    janitors: list[Janitor] = field(default_factory=list)  # cleanup of indexed stores
+    builder: StoreBuilder | None = None  # owns every store of every tree
 
     async def close(self) -> None:
+        if self.execution is not None:
+            await self.execution.close()
+        if self.builder is not None:  # closes every store of every tree, wrappers first
+            await self.builder.close()
+            return
         for s in self.blob_stores:
             await s.close()
         for a in self.ac_stores:
@@ -58,15 +52,17 @@ def build_app(cfg: Config) -> App:
     cas_by_store: dict[str, ContentAddressableStorage] = {}
     ac_stores: dict[str, ActionCacheStore] = {}
 
+    builder = StoreBuilder(cfg)
+
     def cas_for(name: str) -> ContentAddressableStorage:
         if name not in cas_by_store:
-            blob_stores[name] = build_blob_store(cfg.storage[name], cfg)
+            blob_stores[name] = builder.named_blob_store(name)
             cas_by_store[name] = ContentAddressableStorage(blob_stores[name], max_batch_bytes=cfg.max_batch_size)
         return cas_by_store[name]
 
     def ac_store_for(name: str) -> ActionCacheStore:
         if name not in ac_stores:
-            ac_stores[name] = build_ac_store(cfg.action_caches[name], cfg)
+            ac_stores[name] = builder.named_ac_store(name)
         return ac_stores[name]
 
     def make(spec: InstanceSpec, name: str) -> Instance:
@@ -81,7 +77,11 @@ def build_app(cfg: Config) -> App:
                 write_once=spec.write_once,
                 check_completeness=spec.check_completeness,
             )
-        return Instance(name, cas, ac)
+        inst = Instance(name, cas, ac)
+        if spec.execution and cfg.execution is not None:
+            inst.extras["execution"] = ExecutionInstance(queue=spec.cas)
+            inst.extras["execution_capabilities"] = execution_capabilities(cfg.execution)
+        return inst
 
     exact = {name: make(spec, name) for name, spec in cfg.instances.items() if name != WILDCARD}
     wildcard = None
@@ -92,4 +92,11 @@ def build_app(cfg: Config) -> App:
         def wildcard(name: str) -> Instance:
             return make(wspec, name)
 
-    return App(Instances(exact, wildcard), cas_by_store, list(blob_stores.values()), list(ac_stores.values()))
+    instances = Instances(exact, wildcard)
+    farm = None
+    if cfg.execution is not None and any(s.execution for s in cfg.instances.values()):
+        farm = ExecutionFarm(cfg.execution, database_url(cfg), instances)
+    return App(
+        instances, cas_by_store, list(blob_stores.values()), list(ac_stores.values()), farm,
+        janitors=builder.janitors(), builder=builder,
+    )

@@ -7,9 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
-from granary import __version__
+from granary import __version__, cleanup_cli
 from granary.config import Config, load
 from granary.errors import ConfigError
+from granary.worker import cli as worker_cli
 
 
 def _serve_parser(sub) -> None:
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"granary {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    cleanup_cli.add_parser(sub)
+    worker_cli.add_parser(sub)
     return parser
 
 
@@ -57,18 +60,25 @@ def cmd_serve(args, argv: list[str]) -> int:
             " use disk stores or processes: 1"
         )
     processes = cfg.processes or server.default_processes(cfg)
+    from granary.execution.localworkers import LocalWorkers
+
+    workers = LocalWorkers(cfg)
 
     def announce(port: int) -> None:
+        workers.start(port)
         print(
             f"granary: serving REAPI on grpc://{cfg.host}:{port} with {processes} process"
             f"{'es' if processes > 1 else ''}; data in {cfg.data_dir}",
             flush=True,
         )
 
-    if processes == 1:
-        server.run_single(cfg, cfg.port, False, announce)
-        return 0
-    return server.run_supervisor(cfg, processes, argv, announce)
+    try:
+        if processes == 1:
+            server.run_single(cfg, cfg.port, False, announce)
+            return 0
+        return server.run_supervisor(cfg, processes, argv, announce)
+    finally:
+        workers.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return cmd_serve(args, argv)
+        if args.command == "cleanup":
+            return cleanup_cli.cmd_cleanup(args)
+        if args.command == "worker":
+            return worker_cli.cmd_worker(args)
     except ConfigError as e:
         print(f"granary: configuration error: {e}", file=sys.stderr)
         return 2

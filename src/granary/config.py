@@ -9,7 +9,20 @@
     action_caches:             # named action caches
       main: {type: disk, path: ac}
     instances:                 # instance name -> stores ("*" answers any other name)
-      "*": {cas: main, action_cache: main}
+      "*": {cas: main, action_cache: main, execution: true}
+    execution:                 # remote execution (instances execute unless `execution: false`)
+      database: sqlite:///...  # job queue; default <data dir>/execution.sqlite; postgresql+psycopg://... to share
+      default_timeout: 10m     # for actions that set none
+      max_timeout: 1h          # longer requested timeouts are refused
+      bot_timeout: 60s         # a bot silent this long loses its jobs (re-queued)
+      bot_long_poll: 5s        # UpdateBotSession waits this long for work
+      poll_interval: 50ms      # how often a process looks for changes made by others (SQLite)
+      retry_limit: 3           # re-queues of one job before it fails
+      cache_failed_actions: false
+      known_platforms: []      # [{OSFamily: linux, ISA: x86-64}, ...]: accepted besides connected bots'
+      platform_grace: 30s      # after start-up, accept any platform this long (bots are connecting)
+      local_workers: auto      # `granary worker` processes started by serve (auto: one per core; 0: none)
+      retention: 1d            # finished operations are forgotten after this
 
 A store can be named (a string) or written inline where it is used. Paths
 are relative to the data directory.
@@ -19,15 +32,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from granary.errors import ConfigError
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)?\s*$", re.I)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 10**6, "mb": 10**6,
           "mi": 1 << 20, "mib": 1 << 20, "g": 10**9, "gb": 10**9, "gi": 1 << 30, "gib": 1 << 30,
           "t": 10**12, "tb": 10**12, "ti": 1 << 40, "tib": 1 << 40}
@@ -93,6 +107,7 @@ INSTANCE_KEYS: dict[str, Field] = {
     "allow_updates": (_bool, True),
     "write_once": (_bool, False),
     "check_completeness": (_bool, True),
+    "execution": (_bool, None),  # default: true when the execution section is present
 }
 
 
@@ -111,6 +126,74 @@ class InstanceSpec:
     allow_updates: bool = True
     write_once: bool = False
     check_completeness: bool = True
+    execution: bool = False
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a duration like 30s, 10m or 600, got {value!r}")
+    if isinstance(value, (int, float)) and value >= 0:
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ConfigError(f"{where}: expected a duration like 30s, 10m or 600 (seconds), got {value!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def _platforms(value: Any, where: str) -> list[list[tuple[str, str]]]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of property maps like [{{OSFamily: linux, ISA: x86-64}}]")
+    out = []
+    for i, entry in enumerate(value):
+        entry = _mapping(entry, f"{where}[{i}]")
+        pairs = []
+        for k, v in entry.items():
+            for one in v if isinstance(v, list) else [v]:
+                if isinstance(one, bool) or not isinstance(one, (str, int, float)):
+                    raise ConfigError(f"{where}[{i}].{k}: expected a string or a list of strings, got {one!r}")
+                pairs.append((str(k), str(one)))
+        out.append(pairs)
+    return out
+
+
+def _workers(value: Any, where: str) -> int | None:
+    return None if value == "auto" else _int(value, where)
+
+
+EXECUTION_KEYS: dict[str, Field] = {
+    "database": (_str, None),  # SQLAlchemy URL; default sqlite file in the data dir
+    "default_timeout": (parse_duration, 600.0),
+    "max_timeout": (parse_duration, 3600.0),
+    "bot_timeout": (parse_duration, 60.0),
+    "bot_long_poll": (parse_duration, 5.0),
+    "poll_interval": (parse_duration, 0.05),
+    "retry_limit": (_int, 3),
+    "cache_failed_actions": (_bool, False),
+    "known_platforms": (_platforms, []),
+    "platform_grace": (parse_duration, 30.0),
+    "local_workers": (_workers, None),  # None: one per core
+    "retention": (parse_duration, 86400.0),  # how long finished operations stay listed
+}
+
+
+@dataclass
+class ExecutionConfig:
+    database: str | None = None
+    default_timeout: float = 600.0
+    max_timeout: float = 3600.0
+    bot_timeout: float = 60.0
+    bot_long_poll: float = 5.0
+    poll_interval: float = 0.05
+    retry_limit: int = 3
+    cache_failed_actions: bool = False
+    known_platforms: list[list[tuple[str, str]]] = field(default_factory=list)
+    platform_grace: float = 30.0
+    local_workers: int | None = None
+    retention: float = 86400.0
 
 
 @dataclass
@@ -123,6 +206,7 @@ class Config:
     storage: dict[str, StoreSpec] = field(default_factory=dict)
     action_caches: dict[str, StoreSpec] = field(default_factory=dict)
     instances: dict[str, InstanceSpec] = field(default_factory=dict)
+    execution: ExecutionConfig | None = None  # None: no instance executes
     raw: dict = field(default_factory=dict)
 
     def resolve_path(self, p: str) -> Path:
@@ -130,7 +214,9 @@ class Config:
         return path if path.is_absolute() else self.data_dir / path
 
     def uses_process_local_state(self) -> bool:
-        return any(s.type in PROCESS_LOCAL for s in [*self.storage.values(), *self.action_caches.values()])
+        return any(_tree_is_process_local(self, s) for s in self.storage.values()) or any(
+            s.type in PROCESS_LOCAL for s in self.action_caches.values()
+        )
 
 
 DEFAULT_YAML = """
@@ -140,6 +226,7 @@ action_caches:
   default: {type: disk, path: ac}
 instances:
   "*": {cas: default, action_cache: default}
+execution: {}
 """
 
 
@@ -184,7 +271,7 @@ def _store(value: Any, where: str, types: dict[str, dict[str, Field]]) -> StoreS
 
 def parse(raw: Any, data_dir: Path) -> Config:
     raw = _mapping(raw, "config")
-    _check_keys(raw, {"server": 0, "storage": 0, "action_caches": 0, "instances": 0}, "config")
+    _check_keys(raw, {"server": 0, "storage": 0, "action_caches": 0, "instances": 0, "execution": 0}, "config")
     cfg = Config(data_dir=data_dir, raw=raw)
     server = _mapping(raw.get("server"), "server")
     _check_keys(server, {"listen": 0, "processes": 0, "max_batch_size": 0, "data_dir": 0}, "server")
@@ -200,6 +287,8 @@ def parse(raw: Any, data_dir: Path) -> Config:
         cfg.storage[str(name)] = _store(value, f"storage.{name}", CAS_TYPES)
     for name, value in _mapping(raw.get("action_caches"), "action_caches").items():
         cfg.action_caches[str(name)] = _store(value, f"action_caches.{name}", AC_TYPES)
+    if "execution" in raw:
+        cfg.execution = _execution(raw["execution"])
     instances = _mapping(raw.get("instances"), "instances")
     if not instances:
         raise ConfigError("instances: at least one instance is needed (e.g. \"*\": {cas: main})")
@@ -217,8 +306,42 @@ def parse(raw: Any, data_dir: Path) -> Config:
         for key in ("allow_updates", "write_once", "check_completeness"):
             if key in value:
                 setattr(spec, key, INSTANCE_KEYS[key][0](value[key], f"{where}.{key}"))
+        spec.execution = cfg.execution is not None
+        if "execution" in value:
+            spec.execution = _bool(value["execution"], f"{where}.execution")
+            if spec.execution and cfg.execution is None:
+                cfg.execution = ExecutionConfig()
         cfg.instances[spec.name] = spec
+    _check_store_refs(cfg)
     return cfg
+
+
+def _execution(value: Any) -> ExecutionConfig:
+    value = _mapping(value, "execution")
+    _check_keys(value, EXECUTION_KEYS, "execution")
+    ex = ExecutionConfig()
+    for key, (parse_value, _default) in EXECUTION_KEYS.items():
+        if key in value:
+            setattr(ex, key, parse_value(value[key], f"execution.{key}"))
+    if ex.default_timeout <= 0 or ex.max_timeout <= 0:
+        raise ConfigError("execution.default_timeout and execution.max_timeout must be above 0")
+    if ex.default_timeout > ex.max_timeout:
+        raise ConfigError(
+            f"execution.default_timeout ({ex.default_timeout:g}s) is above execution.max_timeout"
+            f" ({ex.max_timeout:g}s)"
+        )
+    if ex.bot_long_poll >= ex.bot_timeout:
+        raise ConfigError(
+            f"execution.bot_long_poll ({ex.bot_long_poll:g}s) must be shorter than execution.bot_timeout"
+            f" ({ex.bot_timeout:g}s)"
+        )
+    if ex.poll_interval <= 0:
+        raise ConfigError("execution.poll_interval: must be above 0")
+    if ex.database is not None and not re.match(r"^(sqlite|postgresql)(\+\w+)?://", ex.database):
+        raise ConfigError(
+            f"execution.database: expected a sqlite:///PATH or postgresql+psycopg://... URL, got {ex.database!r}"
+        )
+    return ex
 
 
 def _ref(named: dict[str, StoreSpec], value: Any, where: str, types) -> str:
@@ -229,6 +352,228 @@ def _ref(named: dict[str, StoreSpec], value: Any, where: str, types) -> str:
     key = f"<{where}>"
     named[key] = _store(value, where, types)
     return key
+
+
+# ---- store trees: backends that talk to services, and stores that wrap stores ----
+#
+# Wherever a store is expected inside another store (tiered.cache/fallback,
+# sizesplit.stores[].store/fallback, sharded.shards[].store, indexed.store),
+# the value is either the name of a store under `storage:` or an inline
+# mapping with its own `type:`. References are checked (and cycles refused)
+# once the whole file is read, so names may be used before they are defined.
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    """A reference by name to a store under `storage:`."""
+
+    name: str
+    where: str
+
+
+def _nested_store(value: Any, where: str) -> StoreSpec | StoreRef:
+    if isinstance(value, str):
+        return StoreRef(_str(value, where), where)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a store name or an inline store mapping with a type, got {value!r}")
+    return _store(value, where, CAS_TYPES)
+
+
+def _str_or_empty(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _positive(value: Any, where: str) -> int:
+    n = _int(value, where)
+    if n < 1:
+        raise ConfigError(f"{where}: expected a whole number >= 1, got {value!r}")
+    return n
+
+
+def _channel_options(value: Any, where: str) -> dict[str, int | str]:
+    value = _mapping(value, where)
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise ConfigError(f"{where}.{k}: expected a number or a string, got {v!r}")
+    return {str(k): v for k, v in value.items()}
+
+
+def _sql_url(value: Any, where: str) -> str:
+    url = _str(value, where)
+    if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", url):
+        raise ConfigError(f"{where}: expected a sqlite:///PATH or postgresql+psycopg://... URL, got {url!r}")
+    return url
+
+
+def _redis_url(value: Any, where: str) -> str:
+    url = _str(value, where)
+    if not re.match(r"^(redis|rediss|unix)://", url):
+        raise ConfigError(f"{where}: expected a redis://HOST:PORT/DB URL, got {url!r}")
+    return url
+
+
+def _redis_blob_size(value: Any, where: str) -> int:
+    size = parse_size(value, where)
+    if not 0 < size <= 512 << 20:
+        raise ConfigError(f"{where}: Redis holds at most 512MiB in one value, got {value!r}")
+    return size
+
+
+def _fraction(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"{where}: expected a number above 0 and at most 1, got {value!r}")
+    return float(value)
+
+
+def _tiers(value: Any, where: str) -> list[tuple[int, StoreSpec | StoreRef]]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: expected a non-empty list of {{max_size: SIZE, store: STORE}}")
+    out = []
+    for i, item in enumerate(value):
+        at = f"{where}[{i}]"
+        item = _mapping(item, at)
+        _check_keys(item, {"max_size": 0, "store": 0}, at)
+        for key in ("max_size", "store"):
+            if key not in item:
+                raise ConfigError(f"{at}.{key}: required")
+        out.append((parse_size(item["max_size"], f"{at}.max_size"), _nested_store(item["store"], f"{at}.store")))
+    return out
+
+
+def _shards(value: Any, where: str) -> list[tuple[str, float, StoreSpec | StoreRef]]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: expected a non-empty list of {{store: STORE, weight: N, name: NAME}}")
+    out = []
+    names: set[str] = set()
+    for i, item in enumerate(value):
+        at = f"{where}[{i}]"
+        item = _mapping(item, at)
+        _check_keys(item, {"store": 0, "weight": 0, "name": 0}, at)
+        if "store" not in item:
+            raise ConfigError(f"{at}.store: required")
+        store = _nested_store(item["store"], f"{at}.store")
+        weight = item.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+            raise ConfigError(f"{at}.weight: expected a number above 0, got {weight!r}")
+        default_name = store.name if isinstance(store, StoreRef) else f"shard{i}"
+        name = _str(item.get("name", default_name), f"{at}.name")
+        if name in names:
+            raise ConfigError(f"{at}.name: {name!r} is used by another shard; shard names must differ")
+        names.add(name)
+        out.append((name, float(weight), store))
+    return out
+
+
+_REDIS_CONNECTION: dict[str, Field] = {"url": (_redis_url, ...), "max_connections": (_positive, 64)}
+_S3_CONNECTION: dict[str, Field] = {
+    "bucket": (_str, ...),
+    "endpoint_url": (_str, None),
+    "region": (_str, None),
+    "access_key_id": (_str, None),  # default: the usual AWS environment
+    "secret_access_key": (_str, None),
+    "session_token": (_str, None),
+    "create_bucket": (_bool, False),
+    "addressing_style": (_str, "auto"),
+    "max_connections": (_positive, 64),
+}
+_REMOTE_CONNECTION: dict[str, Field] = {
+    "address": (_str, ...),  # grpc://HOST:PORT or grpcs://HOST:PORT
+    "tls_ca_cert": (_str, None),
+    "tls_client_cert": (_str, None),
+    "tls_client_key": (_str, None),
+    "auth_token": (_str, None),
+    "auth_token_file": (_str, None),
+    "auth_header": (_str, "authorization"),
+    "channel_options": (_channel_options, {}),
+    "timeout": (parse_duration, 300.0),
+}
+
+CAS_TYPES.update({
+    "redis": {
+        **_REDIS_CONNECTION,
+        "prefix": (_str_or_empty, "granary:cas:"),
+        "max_blob_size": (_redis_blob_size, 64 << 20),
+        "ttl": (parse_duration, 0.0),
+    },
+    "s3": {
+        **_S3_CONNECTION,
+        "prefix": (_str_or_empty, "cas/"),
+        "part_size": (parse_size, 8 << 20),
+        "concurrency": (_positive, 32),
+    },
+    "remote": {**_REMOTE_CONNECTION, "instance_name": (_str_or_empty, ""), "max_batch_size": (parse_size, 0)},
+    "tiered": {
+        "cache": (_nested_store, ...),
+        "fallback": (_nested_store, ...),
+        "defer_fallback_writes": (_bool, False),
+        "queue_max_blobs": (_positive, 100_000),
+        "queue_max_bytes": (parse_size, 256 << 20),
+        "queue_workers": (_positive, 4),
+    },
+    "sizesplit": {"stores": (_tiers, ...), "fallback": (_nested_store, ...)},
+    "sharded": {"shards": (_shards, ...)},
+    "indexed": {
+        "store": (_nested_store, ...),
+        "url": (_sql_url, "sqlite:///cas-index.sqlite"),
+        "table": (_str, "cas_index"),
+        "max_size": (parse_size, 0),  # byte budget for cleanup; 0: none
+        "cleanup_to": (_fraction, 0.9),  # the janitor cleans down to this share of max_size
+        "janitor_interval": (parse_duration, 0.0),  # 0: no background janitor
+        "protect_recent": (parse_duration, 86400.0),  # AC entries this recent keep their blobs
+    },
+})
+AC_TYPES.update({
+    "redis": {**_REDIS_CONNECTION, "prefix": (_str_or_empty, "granary:ac:"), "max_age": (parse_duration, 0.0)},
+    "s3": {**_S3_CONNECTION, "prefix": (_str_or_empty, "ac/"), "max_age": (parse_duration, 0.0)},
+    "sql": {"url": (_sql_url, ...), "table": (_str, "action_results"), "max_age": (parse_duration, 0.0)},
+    "remote": {**_REMOTE_CONNECTION, "instance_name": (_str_or_empty, None)},
+})
+
+
+def child_stores(spec: StoreSpec) -> list[tuple[str, StoreSpec | StoreRef]]:
+    """The stores directly inside `spec`, with the option name they sit under."""
+    out: list[tuple[str, StoreSpec | StoreRef]] = []
+    for key, value in spec.options.items():
+        if isinstance(value, (StoreSpec, StoreRef)):
+            out.append((key, value))
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, tuple):
+                    out.extend((key, part) for part in item if isinstance(part, (StoreSpec, StoreRef)))
+    return out
+
+
+def _check_store_refs(cfg: Config) -> None:
+    defined = ", ".join(sorted(n for n in cfg.storage if not n.startswith("<"))) or "none"
+
+    def walk(spec: StoreSpec, path: tuple[str, ...]) -> None:
+        for _, child in child_stores(spec):
+            if isinstance(child, StoreRef):
+                if child.name not in cfg.storage:
+                    raise ConfigError(f"{child.where}: no store named {child.name!r} (defined: {defined})")
+                if child.name in path:
+                    cycle = " -> ".join([*path[path.index(child.name):], child.name])
+                    raise ConfigError(f"{child.where}: stores refer to each other in a loop ({cycle})")
+                walk(cfg.storage[child.name], (*path, child.name))
+            else:
+                walk(child, path)
+
+    for name, spec in cfg.storage.items():
+        walk(spec, (name,))
+
+
+def _tree_is_process_local(cfg: Config, spec: StoreSpec | StoreRef, as_cache: bool = False) -> bool:
+    """A memory store holds what no other process sees, unless it is only a tiered store's cache."""
+    if isinstance(spec, StoreRef):
+        spec = cfg.storage[spec.name]
+    if spec.type in PROCESS_LOCAL:
+        return not as_cache
+    return any(
+        _tree_is_process_local(cfg, child, as_cache=spec.type == "tiered" and key == "cache")
+        for key, child in child_stores(spec)
+    )
 
 
 def load(path: Path | None, data_dir: Path | None) -> Config:

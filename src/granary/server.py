@@ -41,6 +41,21 @@ def grpc_options(cfg: Config, reuse_port: bool) -> list[tuple[str, int]]:
     ]
 
 
+def add_execution_services(server: grpc.aio.Server, app) -> None:
+    from google.longrunning import operations_pb2
+
+    from granary._proto.google.devtools.remoteworkers.v1test2 import bots_pb2
+    from granary.services.bots_service import BotsService
+    from granary.services.execution_service import ExecutionService
+    from granary.services.operations_service import OperationsService
+
+    farm = app.execution
+    execution = re_pb2.DESCRIPTOR.services_by_name["Execution"]
+    add_servicer(server, ExecutionService(app.instances, farm.scheduler), execution)
+    add_servicer(server, OperationsService(farm.scheduler), operations_pb2.DESCRIPTOR.services_by_name["Operations"])
+    add_servicer(server, BotsService(farm.bots), bots_pb2.DESCRIPTOR.services_by_name["Bots"])
+
+
 async def serve(cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[int], None]) -> None:
     app = build_app(cfg)
     server = grpc.aio.server(options=grpc_options(cfg, reuse_port))
@@ -50,6 +65,8 @@ async def serve(cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[in
     add_servicer(server, ActionCacheService(instances), re_services["ActionCache"])
     add_servicer(server, CapabilitiesService(instances), re_services["Capabilities"])
     add_servicer(server, ByteStreamService(instances), bs_pb2.DESCRIPTOR.services_by_name["ByteStream"])
+    if app.execution is not None:
+        add_execution_services(server, app)
     address = f"[{cfg.host}]:{port}" if ":" in cfg.host else f"{cfg.host}:{port}"
     try:
         bound = server.add_insecure_port(address)
@@ -59,6 +76,9 @@ async def serve(cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[in
         raise ConfigError(f"cannot listen on {address} (address in use?)")
     await server.start()
     tasks = [asyncio.ensure_future(cas.uploads.run_expiry()) for cas in app.cas_by_store.values()]
+    tasks += [asyncio.ensure_future(j.run()) for j in app.janitors if j.interval]
+    if app.execution is not None:
+        await app.execution.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 
 
 class Malformed:
-    __slots__ = ("type_name", "error")
+    __slots__ = ("error", "type_name")
 
     def __init__(self, type_name: str, error: str):
         self.type_name = type_name
