@@ -135,3 +135,22 @@ def test_memory_stores_refuse_several_processes(tmp_path):
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert r.returncode == 2 and "memory" in r.stderr
+
+
+def test_lost_backend_is_unavailable_not_internal(tmp_path):
+    from services import free_port
+
+    config = f"""
+storage:
+  gone: {{type: redis, url: "redis://127.0.0.1:{free_port()}/0"}}
+instances:
+  "*": {{cas: gone}}
+"""
+    with start_granary(tmp_path, config) as srv:
+        c = Client(srv.address)
+        with pytest.raises(grpc.RpcError) as e:
+            c.missing([digest(uuid.uuid4().bytes)])
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        # the server itself keeps answering
+        assert c.caps.GetCapabilities(re_pb2.GetCapabilitiesRequest()).cache_capabilities.max_batch_total_size_bytes
+        c.close()

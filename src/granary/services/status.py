@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import logging
@@ -43,9 +44,40 @@ async def abort(context: grpc.aio.ServicerContext, err: GranaryError) -> None:
     await context.abort(err.code, err.message, trailing_metadata=metadata)
 
 
+_UNAVAILABLE_NAMES = {
+    # backends that lost their server: the client should retry, not give up
+    ("redis.exceptions", "ConnectionError"),
+    ("redis.exceptions", "TimeoutError"),
+    ("botocore.exceptions", "EndpointConnectionError"),
+    ("botocore.exceptions", "ConnectTimeoutError"),
+    ("botocore.exceptions", "ReadTimeoutError"),
+    ("aiohttp.client_exceptions", "ClientConnectorError"),
+    ("sqlalchemy.exc", "OperationalError"),
+}
+
+
+def classify(exc: BaseException) -> grpc.StatusCode:
+    """Status for an unexpected exception: UNAVAILABLE for a lost backend, RESOURCE_EXHAUSTED
+    for a full disk, INTERNAL otherwise."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    for cls in type(exc).__mro__:
+        if (cls.__module__, cls.__name__) in _UNAVAILABLE_NAMES:
+            return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INTERNAL
+
+
 async def _internal(context, method: str, exc: Exception) -> None:
-    log.exception("%s failed", method)
-    await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {type(exc).__name__}: {exc}")
+    code = classify(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("%s failed", method)
+        await context.abort(code, f"{method}: internal error: {type(exc).__name__}: {exc}")
+    log.warning("%s: %s: %s", method, type(exc).__name__, exc)
+    await context.abort(code, f"{method}: storage backend unavailable or full: {type(exc).__name__}: {exc}")
 
 
 def rpc(fn):
