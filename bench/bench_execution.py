@@ -30,7 +30,7 @@ wrapped command the worker really runs; sequential, and one spawner per core.
 
 With several server processes (serve's default: one per core) on SQLite, a
 client whose connection lands on another process than the worker's bot
-session sees queue and job changes only every poll_interval (0.5 s), so its
+session sees queue and job changes only every poll_interval (50 ms by default), so its
 actions pay up to that per hand-off; the "fastest/slowest client" rows show it.
 
 BuildGrid is not run: its execution service needs PostgreSQL for the scheduler
@@ -375,7 +375,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=4, help="Execute streams at once per client process")
     ap.add_argument("--processes", type=int, default=None, help="Granary server processes (default: one per core)")
     ap.add_argument("--poll-interval", type=float, default=None,
-                    help="execution.poll_interval, seconds (default: the server's, 0.5): how soon one server "
+                    help="execution.poll_interval, seconds (default: the server's, 0.05): how soon one server "
                          "process sees queue/job changes made by another on SQLite")
     ap.add_argument("--sandbox", choices=["default", "none", "bwrap"], default="default",
                     help="default: serve's local workers (sandbox auto); else local_workers 0 and "
@@ -429,7 +429,7 @@ def main() -> None:
     print(f"\n{'loaded throughput / spawn limit':50s}{shares}")
     print(f"  (limit: {'bwrap-wrapped ' if kind == 'bwrap' else ''}Popen rate, 1 spawner for 1 slot, "
           f"{cores} spawners for more)")
-    poll = "default 0.5" if args.poll_interval is None else f"{args.poll_interval:g}"
+    poll = "default 0.05" if args.poll_interval is None else f"{args.poll_interval:g}"
     print(f"(worker sandbox: {sandbox}; server processes: {args.processes or 'one per core'}; "
           f"poll_interval: {poll}s; loaded: "
           f"{args.clients} client processes x {args.threads} threads, {args.actions} actions; "
