@@ -91,8 +91,12 @@ class LocalWorkers:
 
     def _spawn(self, instance: str) -> None:
         # process_group: the server's terminal signals are not the worker's
+        # stdout dropped: `granary serve` prints one line; the worker's errors still reach stderr
         self._procs[instance] = subprocess.Popen(
-            self._argv[instance], preexec_fn=_die_with_parent, process_group=0  # noqa: PLW1509 - prctl only
+            self._argv[instance],
+            stdout=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only
+            process_group=0,
         )
 
     def _supervise(self) -> None:
