@@ -100,14 +100,16 @@ def make_workspace(root: Path, address: str, compression: str) -> Path:
         "-c",
         "commit.gpgsign=false",
     ]
-    subprocess.run(git + ["init", "-q"], cwd=ws, check=True)
+    subprocess.run(git + ["init", "-q", "-b", "master"], cwd=ws, check=True)
     subprocess.run(git + ["add", "-A"], cwd=ws, check=True)
     subprocess.run(git + ["commit", "-qm", "init"], cwd=ws, check=True)
     return ws
 
 
 def moon_env(root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOON_")}
+    # Under CI=true moon compares against the default branch as CI systems do; this is a
+    # local workspace, so the test runs moon as a developer would, in CI or not.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOON_") and k not in ("CI", "CONTINUOUS_INTEGRATION")}
     env.update(
         MOON_HOME=str(root / "moon-home"),  # plugins, ids: keep them out of ~/.moon
         MOON_TELEMETRY="false",
