@@ -154,3 +154,26 @@ instances:
         # the server itself keeps answering
         assert c.caps.GetCapabilities(re_pb2.GetCapabilitiesRequest()).cache_capabilities.max_batch_total_size_bytes
         c.close()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_fixed_port_restart_and_conflict(tmp_path, processes):
+    from services import free_port
+
+    port = free_port()
+    first = start_granary(tmp_path / "a", None, "--listen", f"127.0.0.1:{port}", processes=processes)
+    c = Client(first.address)
+    c.upload(b"leaves connections in TIME_WAIT when the server goes")
+    # a second server on the same port is refused, even though gRPC sets SO_REUSEPORT
+    r = subprocess.run(
+        [sys.executable, "-m", "granary", "serve", "--listen", f"127.0.0.1:{port}", "--processes", str(processes),
+         "--data-dir", str(tmp_path / "b")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert r.returncode == 2 and "cannot listen" in r.stderr, r.stderr
+    c.close()
+    first.stop()
+    # and a restart right away reuses the port
+    again = start_granary(tmp_path / "a", None, "--listen", f"127.0.0.1:{port}", processes=processes)
+    assert again.address.endswith(f":{port}")
+    again.stop()

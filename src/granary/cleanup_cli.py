@@ -8,7 +8,6 @@ from pathlib import Path
 
 from granary.config import Config, load, parse_size
 from granary.errors import ConfigError
-from granary.storage_builder import StoreBuilder
 
 
 def add_parser(sub) -> None:
@@ -31,6 +30,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 async def _cleanup(cfg: Config, target: int | None, only: str | None, reindex: bool) -> int:
+    from granary.storage_builder import StoreBuilder  # heavy (S3, SQL clients): only when cleaning
+
     builder = StoreBuilder(cfg)
     try:
         for name in cfg.storage:

@@ -47,11 +47,15 @@ def _load(args) -> Config:
 
 
 def cmd_serve(args, argv: list[str]) -> int:
-    from granary import server
+    # gRPC and the stores are imported only by processes that serve: the supervisor of
+    # several server processes stays small.
+    from granary import supervisor
 
     cfg = _load(args)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     if args.child_port is not None:
+        from granary import server
+
         server.run_child(cfg, args.child_port)
         return 0
     if cfg.processes and cfg.processes > 1 and cfg.uses_process_local_state():
@@ -59,7 +63,7 @@ def cmd_serve(args, argv: list[str]) -> int:
             f"processes: {cfg.processes} server processes cannot share memory stores;"
             " use disk stores or processes: 1"
         )
-    processes = cfg.processes or server.default_processes(cfg)
+    processes = cfg.processes or supervisor.default_processes(cfg)
     from granary.execution.localworkers import LocalWorkers
 
     workers = LocalWorkers(cfg)
@@ -74,9 +78,11 @@ def cmd_serve(args, argv: list[str]) -> int:
 
     try:
         if processes == 1:
+            from granary import server
+
             server.run_single(cfg, cfg.port, False, announce)
             return 0
-        return server.run_supervisor(cfg, processes, argv, announce)
+        return supervisor.run_supervisor(cfg, processes, argv, announce)
     finally:
         workers.stop()
 

@@ -6,12 +6,8 @@ import asyncio
 import contextlib
 import ctypes
 import logging
-import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import grpc
@@ -121,77 +117,3 @@ def run_child(cfg: Config, port: int) -> None:
         sys.stdout.flush()
 
     run_single(cfg, port, True, ready)
-
-
-def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
-    """Bind (without listening) so the port is ours; children bind it with SO_REUSEPORT."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    probe = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        probe.bind((host, port))  # fails if anyone, reuse-port or not, holds it
-    except OSError as e:
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    port = probe.getsockname()[1]
-    probe.close()
-    keeper = socket.socket(family, socket.SOCK_STREAM)
-    keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    keeper.bind((host, port))
-    return keeper, port
-
-
-def run_supervisor(cfg: Config, processes: int, child_argv: list[str], on_ready: Callable[[int], None]) -> int:
-    keeper, port = reserve_port(cfg.host, cfg.port)
-    argv = [sys.executable, "-m", "granary", *child_argv, "--child-port", str(port)]
-    children: list[subprocess.Popen] = []
-    stopping = False
-
-    def spawn() -> subprocess.Popen:
-        return subprocess.Popen(argv, stdout=subprocess.PIPE)
-
-    def wait_ready(child: subprocess.Popen) -> bool:
-        assert child.stdout is not None
-        line = child.stdout.readline()
-        return line.strip() == b"ready"
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for _ in range(processes):
-        children.append(spawn())
-    for child in children:
-        if not wait_ready(child):
-            stopping = True
-    if stopping:
-        for child in children:
-            child.terminate()
-        codes = [child.wait() for child in children]
-        return max(codes) or 1
-    keeper.close()
-    on_ready(port)
-    while not stopping:
-        time.sleep(0.2)
-        for i, child in enumerate(children):
-            if child.poll() is not None and not stopping:
-                log.error("server process %d exited with %s; starting another", child.pid, child.returncode)
-                children[i] = spawn()
-                if not wait_ready(children[i]):
-                    time.sleep(1)
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for child in children:
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-    return 0
-
-
-def default_processes(cfg: Config) -> int:
-    if cfg.uses_process_local_state():
-        return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -18,7 +18,8 @@ import threading
 from pathlib import Path
 
 from granary.config import Config
-from granary.instance import WILDCARD
+
+WILDCARD = "*"  # the instance entry that answers every name (granary.instance.WILDCARD)
 
 log = logging.getLogger("granary.execution.localworkers")
 
