@@ -98,7 +98,7 @@ def _assert_same_outputs(before: dict[str, str], after: dict[str, str]) -> None:
 
 def test_cache_roundtrip_after_clean(tmp_path, ws):
     """(a) build+test with --remote_cache, `bazel clean`, again: all from cache."""
-    server = start_granary(tmp_path / "server")
+    server = start_granary(tmp_path / "server", processes=None)  # the defaults: one process per core
     try:
         flags = remote_flags(server.address)
         cold = ws.test(*TARGETS, *flags)

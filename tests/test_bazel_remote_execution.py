@@ -143,7 +143,7 @@ def session(tmp_path_factory) -> Iterator[Session]:
     local = _timed(local_ws, *TARGETS)
 
     # 2. Remote execution against a fresh server, in a fresh copy and state.
-    server = start_granary(base / "server")
+    server = start_granary(base / "server", processes=None)  # the defaults: one process per core
     try:
         ws = copy_workspace(WORKSPACE, base / "remote")
         flags = remote_exec_flags(server.address)
