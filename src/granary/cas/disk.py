@@ -21,13 +21,14 @@ cache on its next call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import mmap
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from granary import digest as dg
@@ -150,6 +151,17 @@ class DiskBlobStore(BlobStore):
 
     # ---- index helpers ------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A write transaction that takes the lock up front (other processes wait on busy_timeout)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def _refresh(self) -> None:
         """Drop cached knowledge other processes may have made stale."""
         gen, inserts = self._db.execute(
@@ -198,13 +210,10 @@ class DiskBlobStore(BlobStore):
         if not due:
             return
         t = int(now)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self._db.executemany(
                 "UPDATE blobs SET atime = ? WHERE key = ? AND atime < ?", ((t, _sql(k), t) for k in due)
             )
-        finally:
-            self._db.execute("COMMIT")
 
     def _locate_many(self, digests: Sequence[BlobDigest]) -> dict[str, tuple[int, int, int]]:
         """Locations of the stored keys among `digests`; callers compare sizes (a wrong size
@@ -424,8 +433,7 @@ class DiskBlobStore(BlobStore):
         added = 0
         live_by_pack: dict[int, int] = {}
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for key, size, pack, offset in rows:
                 cur = db.execute(
                     "INSERT INTO blobs VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING",
@@ -449,10 +457,6 @@ class DiskBlobStore(BlobStore):
             ).fetchone()[0]
             if added:
                 db.execute("UPDATE meta SET v = v + 1 WHERE k = 'inserts'")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         if total > self.max_bytes:
             self.evict(int(self.max_bytes * 0.9))
 
@@ -512,8 +516,7 @@ class DiskBlobStore(BlobStore):
         db = self._db
         freed = 0
         files: list[str] = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             total = db.execute("SELECT v FROM meta WHERE k = 'bytes'").fetchone()[0]
             need = total - target_bytes
             while freed < need:
@@ -531,10 +534,6 @@ class DiskBlobStore(BlobStore):
                     freed += self._delete_row(_unsql(raw), size, pack, files)
             db.execute("UPDATE meta SET v = v - ? WHERE k = 'bytes'", (freed,))
             db.execute("UPDATE meta SET v = v + 1 WHERE k = 'generation'")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         self._unlink_files(files)
         self._delete_dead_packs()
         self._compact()
@@ -553,16 +552,11 @@ class DiskBlobStore(BlobStore):
         db = self._db
         files: list[str] = []
         freed = 0
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for key, size, pack, _ in list(self._query(keys)):
                 freed += self._delete_row(key, size, pack, files)
             db.execute("UPDATE meta SET v = v - ? WHERE k = 'bytes'", (freed,))
             db.execute("UPDATE meta SET v = v + 1 WHERE k = 'generation'")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         self._unlink_files(files)
         self._delete_dead_packs()
 
@@ -607,8 +601,7 @@ class DiskBlobStore(BlobStore):
             base = self._pack_size
             os.pwrite(self._pack_fd, b"".join(data for _, data in moved), base)
             self._pack_size += total
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 offset = base
                 for d, _ in moved:
                     db.execute(
@@ -620,10 +613,6 @@ class DiskBlobStore(BlobStore):
                            (self._pack_size, total, self._pack_id))
                 db.execute("UPDATE packs SET live = 0 WHERE id = ?", (pack_id,))
                 db.execute("UPDATE meta SET v = v + 1 WHERE k = 'generation'")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
             self._locations.clear()
         if sparse:
             self._delete_dead_packs()

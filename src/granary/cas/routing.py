@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
@@ -14,8 +15,9 @@ class RoutingBlobStore(BlobStore):
 
     stores: list[BlobStore]
 
+    @abc.abstractmethod
     def route(self, d: BlobDigest) -> BlobStore:
-        raise NotImplementedError
+        """The one store that holds `d`."""
 
     def _capabilities(self) -> None:
         self.supports_delete = all(s.supports_delete for s in self.stores)
