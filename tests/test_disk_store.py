@@ -229,3 +229,33 @@ def test_same_hash_with_another_size_is_missing_even_in_one_call(tmp_path):
         await s.close()
 
     run(go())
+
+
+def test_many_processes_opening_a_new_store_at_once(tmp_path):
+    # server processes start together on a fresh data directory: none may fail with
+    # "database is locked" while another is switching the files to WAL mode
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys, time
+        from granary.cas.disk import DiskBlobStore
+        from granary.actioncache.store import SqliteActionCacheStore
+        start = float(sys.argv[1])
+        while time.time() < start:
+            pass
+        for i in range(20):  # twenty fresh directories, opened by every process at once
+            s = DiskBlobStore({str(tmp_path)!r} + f"/cas{{i}}", 1 << 30)
+            a = SqliteActionCacheStore({str(tmp_path)!r} + f"/ac{{i}}/ac.sqlite")
+            asyncio.run(s.close())
+            asyncio.run(a.close())
+        print("ok")
+        """
+    )
+    import time
+
+    start = time.time() + 2
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in results if err]

@@ -16,6 +16,8 @@ from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
+from granary.sqlite_wal import enable_wal
+
 T = TypeVar("T")
 
 
@@ -38,10 +40,7 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn, _record) -> None:
-            cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
+            enable_wal(conn)
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)

@@ -60,11 +60,12 @@ def run_supervisor(cfg: Config, processes: int, child_argv: list[str], on_ready:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # one at a time: the first child creates the stores' files (schemas, WAL mode) alone
     for _ in range(processes):
         children.append(spawn())
-    for child in children:
-        if not wait_ready(child):
+        if not wait_ready(children[-1]):
             stopping = True
+            break
     if stopping:
         for child in children:
             child.terminate()

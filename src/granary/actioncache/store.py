@@ -9,6 +9,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from granary.sqlite_wal import enable_wal
+
 
 class ActionCacheStore(abc.ABC):
     name = "action-cache"
@@ -79,8 +81,7 @@ class SqliteActionCacheStore(ActionCacheStore):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.max_entries = max_entries
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        enable_wal(self._db)
         self._db.executescript(
             "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value BLOB NOT NULL,"
             " atime INTEGER NOT NULL) WITHOUT ROWID;"

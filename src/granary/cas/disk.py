@@ -35,6 +35,7 @@ from granary import digest as dg
 from granary.cas.blobstore import READ_CHUNK, BlobInfo, BlobStore, BlobWriter, Presence
 from granary.digest import BlobDigest
 from granary.errors import BlobNotFound, ResourceExhausted
+from granary.sqlite_wal import enable_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -115,8 +116,7 @@ class DiskBlobStore(BlobStore):
         for sub in ("packs", "blobs", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.root / "index.v2.sqlite", isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        enable_wal(self._db)
         self._db.executescript(_SCHEMA)  # idempotent; several processes may race here
         self._pid = os.getpid()
         self._locations: dict[str, tuple[int, int, int]] = {}  # key -> (size, pack, offset)

@@ -28,6 +28,7 @@ from granary.execution import leases, opfilter
 from granary.execution.operations import COMPLETED, EXECUTING, QUEUED, cancelled_response, error_response
 from granary.execution.platform import Capabilities, from_key
 from granary.execution.schema import bots, jobs, metadata, operations
+from granary.sqlite_wal import enable_wal
 
 log = logging.getLogger("granary.execution.queue")
 T = TypeVar("T")
@@ -70,9 +71,8 @@ class JobQueue:
             @event.listens_for(engine, "connect")
             def _connect(dbapi_conn, _record) -> None:
                 dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+                enable_wal(dbapi_conn)
                 cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("PRAGMA busy_timeout=60000")
                 cur.close()
 
