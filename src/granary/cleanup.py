@@ -28,7 +28,7 @@ from granary.actioncache.store import ActionCacheStore
 from granary.cas.disk import digest_of_key
 from granary.cas.indexed import IndexedBlobStore
 from granary.digest import BlobDigest
-from granary.errors import GranaryError, InvalidArgument
+from granary.errors import GranaryError, InvalidArgument, Unimplemented
 
 log = logging.getLogger("granary.cleanup")
 
@@ -139,7 +139,7 @@ class Janitor:
                     entries.append((store, key, refs))
                     if now - updated <= self.protect_recent:
                         protected |= refs
-            except NotImplementedError:
+            except Unimplemented:
                 log.warning("%s: action cache %s cannot list its entries; none of its results are protected",
                             self.where, store.name)
         return entries, protected

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 
 from granary.actioncache.store import ActionCacheStore
+from granary.redis_client import LazyRedis
 
 _STAMP = struct.Struct(">d")
 
@@ -21,17 +22,13 @@ class RedisActionCacheStore(ActionCacheStore):
     name = "redis"
 
     def __init__(self, url: str, *, prefix: str = "granary:ac:", max_age: int = 0, max_connections: int = 32):
-        self.url = url
+        self._conn = LazyRedis(url, max_connections)
         self.prefix = prefix
         self.max_age = max_age or None
-        self.max_connections = max_connections
-        self._client: aioredis.Redis | None = None
 
     @property
     def redis(self) -> aioredis.Redis:
-        if self._client is None:
-            self._client = aioredis.Redis.from_url(self.url, max_connections=self.max_connections)
-        return self._client
+        return self._conn.client
 
     def _key(self, key: str) -> bytes:
         return self.prefix.encode() + key.encode("utf-8", "surrogateescape")
@@ -61,6 +58,4 @@ class RedisActionCacheStore(ActionCacheStore):
             yield k[len(prefix):].decode("utf-8", "surrogateescape"), raw[_STAMP.size:], _STAMP.unpack_from(raw)[0]
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._conn.close()

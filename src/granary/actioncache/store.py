@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from granary.errors import Unimplemented
 from granary.sqlite_wal import enable_wal
 
 
@@ -34,7 +35,7 @@ class ActionCacheStore(abc.ABC):
 
     async def iterate(self) -> AsyncIterator[tuple[str, bytes, float]]:
         """Every entry as (key, value, last update or access time), for cleanup."""
-        raise NotImplementedError(f"{self.name} action cache cannot list its entries")
+        raise Unimplemented(f"{self.name} action cache cannot list its entries")
         yield  # pragma: no cover  (makes this an async generator)
 
     async def close(self) -> None:

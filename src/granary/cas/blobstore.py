@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import NamedTuple
 
 from granary.digest import BlobDigest
-from granary.errors import BlobNotFound
+from granary.errors import BlobNotFound, Unimplemented
 
 READ_CHUNK = 1 << 20  # 1 MiB: the fastest ByteStream read chunk measured here
 
@@ -125,7 +125,7 @@ class BlobStore(abc.ABC):
 
     async def iterate(self) -> AsyncIterator[BlobInfo]:
         """Every stored blob with its last access time (for cleanup)."""
-        raise NotImplementedError(f"{self.name} cannot list its blobs")
+        raise Unimplemented(f"{self.name} cannot list its blobs")
         yield  # pragma: no cover  (makes this an async generator)
 
     async def close(self) -> None:

@@ -20,6 +20,7 @@ from granary.cas.blobstore import READ_CHUNK, BlobInfo, BlobStore, BlobWriter
 from granary.cas.disk import digest_of_key
 from granary.digest import BlobDigest
 from granary.errors import BlobNotFound, ResourceExhausted
+from granary.redis_client import LazyRedis
 
 _PIPELINE_CHUNK = 5000
 _TMP = "~tmp:"
@@ -38,18 +39,14 @@ class RedisBlobStore(BlobStore):
         ttl: int = 0,
         max_connections: int = 64,
     ):
-        self.url = url
+        self._conn = LazyRedis(url, max_connections)
         self.prefix = prefix
         self.max_blob_size = max_blob_size
         self.ttl = ttl or None
-        self.max_connections = max_connections
-        self._client: aioredis.Redis | None = None
 
     @property
     def redis(self) -> aioredis.Redis:
-        if self._client is None:
-            self._client = aioredis.Redis.from_url(self.url, max_connections=self.max_connections)
-        return self._client
+        return self._conn.client
 
     def _key(self, d: BlobDigest) -> str:
         return self.prefix + d.key
@@ -155,9 +152,7 @@ class RedisBlobStore(BlobStore):
         return out
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._conn.close()
 
 
 class _RedisWriter(BlobWriter):
