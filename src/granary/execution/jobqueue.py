@@ -214,8 +214,10 @@ class JobQueue:
             op = conn.execute(select(operations).where(operations.c.name == name)).mappings().first()
             if op is None:
                 raise NotFound(f"operation {name!r} not found")
-            conn.execute(update(operations).where(operations.c.name == name).values(cancelled=True))
             job = conn.execute(select(jobs).where(jobs.c.name == op["job_name"])).mappings().first()
+            if job is not None and job["stage"] == COMPLETED:
+                return job["name"], job["bot_name"]  # too late: it keeps the answer it has
+            conn.execute(update(operations).where(operations.c.name == name).values(cancelled=True))
             if job is None:
                 return op["job_name"], None
             live = conn.execute(

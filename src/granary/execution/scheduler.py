@@ -21,15 +21,7 @@ from granary.execution import platform
 from granary.execution.inputs import load_action
 from granary.execution.jobqueue import JobQueue
 from granary.execution.notifier import Notifier
-from granary.execution.operations import (
-    CACHE_CHECK,
-    COMPLETED,
-    QUEUED,
-    error_response,
-    make_operation,
-    metadata,
-    render,
-)
+from granary.execution.operations import COMPLETED, QUEUED, error_response, render
 from granary.instance import Instance
 
 EXECUTION_DIGEST_FUNCTIONS = (dg.SHA256,)  # workers infer the function from hash length
@@ -98,12 +90,16 @@ class Scheduler:
             )
         prefix = f"{inst.name}/" if inst.name else ""
         op_name = f"{prefix}operations/{uuid.uuid4()}"
-        digest_proto = re_pb2.Digest(hash=action_digest.hash, size_bytes=action_digest.size)
-        fn = action_digest.function
-        return self._execute(inst, ex, request, md, action_digest, digest_proto, op_name, fn)
+        return self._execute(inst, ex, request, md, action_digest, op_name, action_digest.function)
 
-    async def _execute(self, inst, ex, request, md, action_digest, digest_proto, op_name, fn):
-        yield make_operation(op_name, metadata(CACHE_CHECK, digest_proto, fn))
+    async def _execute(
+        self, inst: Instance, ex: ExecutionInstance, request: re_pb2.ExecuteRequest, md: re_pb2.RequestMetadata,
+        action_digest: dg.BlobDigest, op_name: str, fn: int,
+    ) -> AsyncIterator[operations_pb2.Operation]:
+        # Nothing is yielded before the operation is committed to the queue database: a client
+        # may ask any server process about an operation name as soon as it has seen it.
+        op = {"name": op_name, "instance": inst.name, "created_time": time.time(), "cancelled": False,
+              **_labels(md)}
         if not request.skip_cache_lookup and inst.action_cache is not None:
             try:
                 cached = await inst.action_cache.get(
@@ -116,11 +112,12 @@ class Scheduler:
                 cached = None
             if cached is not None:
                 response = re_pb2.ExecuteResponse(result=cached, cached_result=True)
-                yield make_operation(op_name, metadata(COMPLETED, digest_proto, fn), response)
+                yield await self._record_finished(ex.queue, inst.name, action_digest, op, response)
                 return
         loaded = await load_action(inst.cas, action_digest)
         if loaded.missing:
-            yield make_operation(op_name, metadata(COMPLETED, digest_proto, fn), _missing_response(loaded.missing))
+            yield await self._record_finished(ex.queue, inst.name, action_digest, op,
+                                              _missing_response(loaded.missing))
             return
         action, command = loaded.action, loaded.command
         assert action is not None and command is not None
@@ -140,7 +137,6 @@ class Scheduler:
             "do_not_cache": do_not_cache, "retries": 0, "version": 0,
             "active_key": None if do_not_cache else _merge_key(ex.queue, inst.name, action_digest),
         }
-        op = {"name": op_name, "instance": inst.name, "created_time": now, "cancelled": False, **_labels(md)}
         row, merged = await self.queue.run(self.queue.enqueue, job, op)
         if not merged:
             self.notifier.queue_changed(ex.queue)
@@ -148,6 +144,22 @@ class Scheduler:
             self.notifier.job_changed(row["name"])
         async for operation in self.follow(op_name, row["name"]):
             yield operation
+
+    async def _record_finished(
+        self, queue: str, instance: str, action_digest: dg.BlobDigest, op: dict[str, Any],
+        response: re_pb2.ExecuteResponse,
+    ) -> operations_pb2.Operation:
+        """Store an operation answered without running anything (cache hit, missing inputs)."""
+        now = time.time()
+        job = {
+            "name": str(uuid.uuid4()), "queue": queue, "instance": instance, "action_key": str(action_digest),
+            "digest_function": action_digest.function, "action": b"", "platform_key": platform.key_of(()),
+            "priority": 0, "queued_time": now, "stage": COMPLETED, "lease_state": 0, "timeout": 0.0,
+            "do_not_cache": True, "retries": 0, "version": 0, "active_key": None, "completed_time": now,
+            "response": response.SerializeToString(),
+        }
+        row, _ = await self.queue.run(self.queue.enqueue, job, op)
+        return render(op, row)
 
     def _timeout(self, action: re_pb2.Action) -> float:
         requested = action.timeout.ToNanoseconds() / 1e9 if action.HasField("timeout") else 0.0

@@ -1,0 +1,137 @@
+"""Execution lifecycle edges over real gRPC with real `granary serve` processes: operations are
+findable the moment a client sees their name, on any server process sharing the queue."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+from google.longrunning import operations_pb2
+from google.rpc import code_pb2
+from rwapi import ExecClient, FakeBot, Stream, response_of, stage_of
+from serverutil import start_granary
+from services import PostgresServer
+
+from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+
+QUEUED, EXECUTING, COMPLETED = 2, 3, 4
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    try:
+        pg = PostgresServer()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request) -> str | None:
+    if request.param == "sqlite":
+        return None
+    pg = request.getfixturevalue("postgres")
+    return pg.create_database(f"t{uuid.uuid4().hex[:12]}")
+
+
+def config(database: str | None, **execution) -> str:
+    ex = {
+        "local_workers": 0, "platform_grace": 0, "bot_long_poll": 1, "poll_interval": 0.2,
+        "known_platforms": "[{OSFamily: linux, ISA: x86-64}]",
+    }
+    ex.update(execution)
+    if database:
+        ex["database"] = database
+    body = ", ".join(f"{k}: {v}" for k, v in ex.items())
+    return f"""
+storage: {{main: {{type: disk, path: cas}}}}
+action_caches: {{main: {{type: disk, path: ac}}}}
+instances: {{"": {{cas: main, action_cache: main}}}}
+execution: {{{body}}}
+"""
+
+
+def shared(tmp_path, database: str | None, **execution) -> str:
+    """A config for several servers sharing one queue, CAS and action cache."""
+    url = database or f"sqlite:///{tmp_path / 'queue.sqlite'}"
+    cfg = config(url, **execution)
+    return cfg.replace("path: cas", f"path: {tmp_path / 'cas'}").replace("path: ac", f"path: {tmp_path / 'ac'}")
+
+
+# ---- operations exist before their name is seen ------------------------------
+
+
+def first_op(call) -> operations_pb2.Operation:
+    return next(iter(call))
+
+
+def assert_found_everywhere(other: ExecClient, op: operations_pb2.Operation) -> operations_pb2.Operation:
+    """GetOperation, WaitExecution and CancelOperation on another server process all find it."""
+    got = other.ops.GetOperation(operations_pb2.GetOperationRequest(name=op.name))
+    assert got.name == op.name
+    waited = first_op(other.wait(op.name, timeout=30))
+    assert waited.name == op.name
+    other.ops.CancelOperation(operations_pb2.CancelOperationRequest(name=op.name))
+    return other.ops.GetOperation(operations_pb2.GetOperationRequest(name=op.name))
+
+
+def test_operation_is_found_on_another_process_as_soon_as_it_is_seen(tmp_path, database):
+    cfg = shared(tmp_path, database)
+    a = start_granary(tmp_path / "a", cfg)
+    b = start_granary(tmp_path / "b", cfg)
+    try:
+        client_a, client_b = ExecClient(a.address), ExecClient(b.address)
+        # queued: several times, since the old behaviour lost a race here
+        for i in range(5):
+            d, _ = client_a.action(["queued", str(i)])
+            call = client_a.execute(d)
+            op = first_op(call)
+            after = assert_found_everywhere(client_b, op)
+            assert after.done and response_of(after).status.code == code_pb2.CANCELLED
+            call.cancel()
+        # merged with an identical in-flight action
+        d, _ = client_a.action(["merged"])
+        first = Stream(client_a.execute(d))
+        first.wait_stage(QUEUED)
+        for _ in range(3):
+            call = client_a.execute(d)
+            op = first_op(call)
+            got = client_b.ops.GetOperation(operations_pb2.GetOperationRequest(name=op.name))
+            assert got.name == op.name and not got.done
+            assert first_op(client_b.wait(op.name, timeout=30)).name == op.name
+            call.cancel()
+        # answered from the action cache
+        d, _ = client_a.action(["cached"])
+        client_a.ac.UpdateActionResult(re_pb2.UpdateActionResultRequest(
+            action_digest=d, action_result=re_pb2.ActionResult(exit_code=0, stdout_raw=b"from the cache"),
+        ))
+        op = first_op(client_a.execute(d))
+        assert op.done and response_of(op).cached_result
+        after = assert_found_everywhere(client_b, op)
+        assert after.done and response_of(after).cached_result, "a finished operation stays as it finished"
+        assert response_of(after).result.stdout_raw == b"from the cache"
+        # inputs missing: finished at once with FAILED_PRECONDITION, and still findable
+        d, _ = client_a.action(["cat", "x"], files={"x": uuid.uuid4().bytes}, upload=False)
+        op = first_op(client_a.execute(d))
+        assert op.done and response_of(op).status.code == code_pb2.FAILED_PRECONDITION
+        after = assert_found_everywhere(client_b, op)
+        assert response_of(after).status.code == code_pb2.FAILED_PRECONDITION
+        # a refused action gets an error before any operation name, so there is none to look for
+        d, _ = client_a.action(["x"], platform=[("OSFamily", "plan9")])
+        with pytest.raises(grpc.RpcError) as e:
+            first_op(client_a.execute(d))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # the merged job still runs once for the stream that is left
+        bot = FakeBot(b.address)
+        bot.connect()
+        bot.run(stdout=b"merged")
+        assert first.result().result.stdout_raw == b"merged"
+        assert stage_of(first.ops[0]) == QUEUED
+        bot.close()
+        client_a.close()
+        client_b.close()
+    finally:
+        a.stop()
+        b.stop()
