@@ -3,6 +3,7 @@ findable the moment a client sees their name, on any server process sharing the 
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import grpc
@@ -135,3 +136,71 @@ def test_operation_is_found_on_another_process_as_soon_as_it_is_seen(tmp_path, d
     finally:
         a.stop()
         b.stop()
+
+
+# ---- platforms nobody offers fail instead of waiting forever -----------------
+
+
+def execute_when_accepted(client: ExecClient, d, timeout: float = 60) -> Stream:
+    """Execute, retrying while the server still refuses the platform (its view of bots lags)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stream = Stream(client.execute(d))
+        try:
+            stream.wait_first()
+            return stream
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e
+            assert time.monotonic() < deadline, f"still refused: {e.details()}"
+            time.sleep(0.2)
+
+
+def assert_unsatisfiable(response: re_pb2.ExecuteResponse, prop: str) -> None:
+    assert response.status.code == code_pb2.FAILED_PRECONDITION, response.status
+    assert prop in response.status.message and "cannot execute this action" in response.status.message
+    assert not response.HasField("result") or response.result == re_pb2.ActionResult()
+
+
+def test_unsatisfiable_platform_fails_when_the_grace_ends_and_when_its_bot_leaves(tmp_path, database):
+    settings = {"platform_grace": "4s", "bot_timeout": "3s", "known_platforms": "[]"}
+    a = start_granary(tmp_path / "a", shared(tmp_path, database, local_workers=1, **settings))
+    b = None
+    try:
+        client_a = ExecClient(a.address)
+        gpu, _ = client_a.action(["gpu"], platform=[("Pool", "gpu")])
+        stream = Stream(client_a.execute(gpu))
+        stream.wait_first()
+        assert stage_of(stream.ops[0]) == QUEUED, "accepted while bots may still connect"
+        b = start_granary(tmp_path / "b", shared(tmp_path, database, local_workers=0, **settings))
+        client_b = ExecClient(b.address)
+        waiter = Stream(client_b.wait(stream.name))
+        # the grace ends with only the local worker (no Pool) connected: the job fails, on both servers
+        assert_unsatisfiable(stream.result(timeout=90), "Pool=gpu")
+        assert_unsatisfiable(waiter.result(timeout=30), "Pool=gpu")
+        got = client_b.ops.GetOperation(operations_pb2.GetOperationRequest(name=stream.name))
+        assert got.done and not got.HasField("error")
+        assert_unsatisfiable(response_of(got), "Pool=gpu")
+        # the local worker still runs what it can
+        d, _ = client_a.action(["sh", "-c", "echo ok > out"])
+        ran = execute_when_accepted(client_a, d).result(timeout=90)
+        assert ran.status.code == 0 and ran.result.exit_code == 0
+        # a bot offering Pool=gpu makes such actions acceptable; when its session expires, they fail
+        bot = FakeBot(b.address, properties=[("OSFamily", "linux"), ("Pool", "gpu")])
+        bot.connect()
+        gpu2, _ = client_b.action(["gpu", "again"], platform=[("Pool", "gpu")])
+        stream = execute_when_accepted(client_a, gpu2)
+        assert stage_of(stream.ops[0]) == QUEUED
+        waiter = Stream(client_b.wait(stream.name))
+        assert_unsatisfiable(stream.result(timeout=90), "Pool=gpu")
+        assert_unsatisfiable(waiter.result(timeout=30), "Pool=gpu")
+        # the same action is refused outright now, with the same message
+        with pytest.raises(grpc.RpcError) as e:
+            list(client_a.execute(gpu2))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "Pool=gpu" in e.value.details()
+        bot.close()
+        client_a.close()
+        client_b.close()
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()

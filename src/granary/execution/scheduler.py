@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +26,7 @@ from granary.execution.notifier import Notifier
 from granary.execution.operations import COMPLETED, QUEUED, error_response, render
 from granary.instance import Instance
 
+log = logging.getLogger("granary.execution.scheduler")
 EXECUTION_DIGEST_FUNCTIONS = (dg.SHA256,)  # workers infer the function from hash length
 KEEPALIVE = 60.0  # re-send the current state on an idle stream this often
 
@@ -73,6 +76,9 @@ class Scheduler:
         self.started = time.time()
         self._known = [platform.Capabilities(p) for p in cfg.known_platforms]
         self._live: dict[str, tuple[float, list[platform.Capabilities]]] = {}
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+        queue.set_platform_policy(self._known, cfg.platform_grace)
 
     # ---- Execute ------------------------------------------------------------
 
@@ -125,7 +131,7 @@ class Scheduler:
         if not action.HasField("timeout") or action.timeout.ToNanoseconds() == 0:
             action.timeout.CopyFrom(duration_pb2.Duration(seconds=int(timeout), nanos=int(timeout % 1 * 1e9)))
         reqs = platform.requirements_of(action.platform, command.platform)
-        await self._check_platform(ex.queue, reqs)
+        on_grace = await self._check_platform(ex.queue, reqs)
         now = time.time()
         job_name = str(uuid.uuid4())
         do_not_cache = action.do_not_cache
@@ -138,6 +144,8 @@ class Scheduler:
             "active_key": None if do_not_cache else _merge_key(ex.queue, inst.name, action_digest),
         }
         row, merged = await self.queue.run(self.queue.enqueue, job, op)
+        if on_grace:
+            self._check_when_grace_ends()
         if not merged:
             self.notifier.queue_changed(ex.queue)
         else:
@@ -171,15 +179,45 @@ class Scheduler:
             )
         return requested or self.cfg.default_timeout
 
-    async def _check_platform(self, queue: str, reqs: platform.Requirements) -> None:
+    async def _check_platform(self, queue: str, reqs: platform.Requirements) -> bool:
+        """Refuse what nothing could run; -> True if accepted only because bots may still connect."""
         offers = list(self._known)
         offers += await self._live_offers(queue)
         reason = platform.unsatisfied_reason(reqs, offers)
         if reason is None:
-            return
+            return False
         if time.time() - self.started < self.cfg.platform_grace:
-            return  # bots may still be connecting
+            return True
         raise FailedPrecondition(f"cannot execute this action: {reason}")
+
+    def _check_when_grace_ends(self) -> None:
+        """Fail what is still unsatisfiable the moment the grace ends (the reaper also checks)."""
+        if self._grace_timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        async def check() -> None:
+            try:
+                await self.fail_unsatisfiable()
+            except Exception:
+                log.exception("checking queued jobs against the connected workers failed")
+
+        def fire() -> None:
+            self._grace_timer = None
+            task = loop.create_task(check())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        delay = self.started + self.cfg.platform_grace - time.time()
+        self._grace_timer = loop.call_later(max(0.0, delay), fire)
+
+    async def fail_unsatisfiable(self) -> list[str]:
+        """Fail queued jobs that no live bot and no known platform could run."""
+        now = time.time()
+        failed = await self.queue.run(self.queue.fail_unsatisfiable, self._known, now - self.cfg.bot_timeout, now)
+        if failed:
+            self.notifier.job_changed(*failed)
+        return failed
 
     async def _live_offers(self, queue: str) -> list[platform.Capabilities]:
         now = time.monotonic()
