@@ -15,6 +15,7 @@ from serverutil import start_granary
 from services import PostgresServer
 
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from granary.execution import leases
 
 QUEUED, EXECUTING, COMPLETED = 2, 3, 4
 
@@ -204,3 +205,80 @@ def test_unsatisfiable_platform_fails_when_the_grace_ends_and_when_its_bot_leave
         a.stop()
         if b is not None:
             b.stop()
+
+
+# ---- a bot that comes back without its leases --------------------------------
+
+
+def test_bot_restarted_without_its_lease_gives_the_job_back_at_once(tmp_path, database):
+    # bot_timeout is far beyond the waits below: only the restart can free the job in time
+    with start_granary(tmp_path, config(database, bot_timeout="10m", retry_limit=1)) as server:
+        client = ExecClient(server.address)
+        bot = FakeBot(server.address, bot_id="crashy")
+        bot.connect()
+        d, _ = client.action(["crash", "me"])
+        stream = Stream(client.execute(d))
+        lease = bot.wait_lease()
+        bot.accept(lease.id)
+        stream.wait_stage(EXECUTING)
+        # the worker crashed and restarted: same bot id, a new session, no leases; the job is
+        # re-queued at once and the new session's free slot takes it
+        back = FakeBot(server.address, bot_id="crashy")
+        back.connect()
+        assert back.wait_lease(timeout=30).id == lease.id
+        back.accept(lease.id)
+        waiter = Stream(client.wait(stream.name))
+        waiter.wait_stage(EXECUTING)
+        # the old session, should it speak again, learns its lease is gone
+        bot.update()
+        assert bot.leases[lease.id].state == leases.CANCELLED
+        # crash again: that second re-queue is past retry_limit 1, so the job fails
+        again = FakeBot(server.address, bot_id="crashy")
+        again.connect()
+        response = stream.result(timeout=60)
+        assert response.status.code == code_pb2.UNAVAILABLE
+        assert "gave up after 2 attempts" in response.status.message and "crashy" in response.status.message
+        assert response_of(first_op(client.wait(stream.name))).status.code == code_pb2.UNAVAILABLE
+        for x in (bot, back, again, client):
+            x.close()
+
+
+def test_bot_restarted_with_its_lease_keeps_it(tmp_path, database):
+    with start_granary(tmp_path, config(database, bot_timeout="10m")) as server:
+        client = ExecClient(server.address)
+        bot = FakeBot(server.address, bot_id="steady")
+        bot.connect()
+        d, _ = client.action(["keep", "me"])
+        stream = Stream(client.execute(d))
+        lease = bot.wait_lease()
+        bot.accept(lease.id)
+        stream.wait_stage(EXECUTING)
+        back = FakeBot(server.address, bot_id="steady")
+        back.leases = dict(bot.leases)
+        back.connect()  # a new session that still runs the lease
+        assert back.leases[lease.id].state == leases.ACTIVE
+        back.complete(lease.id, re_pb2.ActionResult(stdout_raw=b"kept"))
+        response = stream.result(timeout=60)
+        assert response.status.code == 0 and response.result.stdout_raw == b"kept"
+        assert [stage_of(o) for o in stream.ops] == [QUEUED, EXECUTING, COMPLETED]
+        for x in (bot, back, client):
+            x.close()
+
+
+def test_session_that_stops_reporting_a_running_lease_gives_it_back(tmp_path, database):
+    with start_granary(tmp_path, config(database, bot_timeout="10m")) as server:
+        client = ExecClient(server.address)
+        bot = FakeBot(server.address)
+        bot.connect()
+        d, _ = client.action(["drop", "me"])
+        stream = Stream(client.execute(d))
+        lease = bot.wait_lease()
+        bot.accept(lease.id)
+        stream.wait_stage(EXECUTING)
+        bot.leases = {}  # the same session, restarted without the lease: it is offered again
+        bot.update()
+        assert [p.id for p in bot.pending()] == [lease.id]
+        bot.run(stdout=b"rerun")
+        assert stream.result(timeout=60).result.stdout_raw == b"rerun"
+        for x in (bot, client):
+            x.close()

@@ -284,6 +284,35 @@ class JobQueue:
             ).scalars().all()
         return [[(str(k), str(v)) for k, v in json.loads(r)] for r in rows]
 
+    def replace_sessions(self, bot_id: str, queue: str, name: str, reported: Sequence[str], now: float) -> list[str]:
+        """A bot opened session `name`: its older sessions are over (it restarted, e.g. after a crash).
+
+        Jobs they held move to the new session if it reports their lease, and
+        are re-queued (counting toward retry_limit) if it does not. -> jobs re-queued or failed.
+        """
+        with self.engine.begin() as conn:
+            old = select(bots.c.name).where(bots.c.bot_id == bot_id, bots.c.queue == queue, bots.c.name != name)
+            held = conn.execute(
+                select(jobs.c.name, jobs.c.bot_name).where(
+                    jobs.c.queue == queue, jobs.c.bot_name.is_not(None), jobs.c.bot_name != name,
+                    or_(jobs.c.worker == bot_id, jobs.c.bot_name.in_(old)),
+                )
+            ).all()
+            keep = set(reported)
+            changed: list[str] = []
+            for job_name, old_session in held:
+                if job_name in keep:
+                    conn.execute(
+                        update(jobs).where(jobs.c.name == job_name, jobs.c.bot_name == old_session)
+                        .values(bot_name=name, **_bump())
+                    )
+                    continue
+                reason = f"worker {bot_id} came back (new session) without this lease"
+                if self._requeue(conn, job_name, old_session, reason, now) in ("requeued", "failed"):
+                    changed.append(job_name)
+            conn.execute(delete(bots).where(bots.c.bot_id == bot_id, bots.c.queue == queue, bots.c.name != name))
+            return changed
+
     def held_jobs(self, bot_name: str) -> dict[str, RowMapping]:
         with self.read_engine.connect() as conn:
             rows = conn.execute(select(jobs).where(jobs.c.bot_name == bot_name)).mappings().all()
