@@ -113,3 +113,12 @@ def test_every_api_refuses_a_negative_size_after_the_hash_was_seen(client):
     name = f"blobs/{h}/-1"
     err = invalid(lambda: b"".join(r.data for r in client.bs.Read(bs_pb2.ReadRequest(resource_name=name))))
     assert name in err.details()
+
+
+@pytest.mark.parametrize("size", ["-1", "\u0661\u0662", "+5", " 5"])
+def test_resource_name_sizes_are_plain_decimal(client, size):
+    data = uuid.uuid4().bytes
+    [d] = client.upload(data)
+    name = f"blobs/{d.hash}/{size}"
+    err = invalid(lambda: b"".join(r.data for r in client.bs.Read(bs_pb2.ReadRequest(resource_name=name))))
+    assert repr(size) in err.details()
