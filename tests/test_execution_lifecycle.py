@@ -3,6 +3,11 @@ findable the moment a client sees their name, on any server process sharing the 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -282,3 +287,35 @@ def test_session_that_stops_reporting_a_running_lease_gives_it_back(tmp_path, da
         assert stream.result(timeout=60).result.stdout_raw == b"rerun"
         for x in (bot, client):
             x.close()
+
+
+def start_worker(tmp_path, address: str, name: str) -> subprocess.Popen:
+    log = open(tmp_path / f"worker-{name}.log", "ab")  # noqa: SIM115 - lives as long as the worker
+    return subprocess.Popen(
+        [sys.executable, "-m", "granary", "worker", "--server", address, "--name", name, "--concurrency", "1",
+         "--cache-dir", str(tmp_path / "worker-cache"), "--sandbox", "none"],
+        stdout=log, stderr=log, start_new_session=True,
+    )
+
+
+def test_worker_killed_and_restarted_with_the_same_name_gives_its_job_back(tmp_path):
+    # retry_limit 0: the re-queue caused by the restart fails the job, which says why and when
+    with start_granary(tmp_path, config(None, bot_timeout="10m", retry_limit=0, known_platforms="[]")) as server:
+        client = ExecClient(server.address)
+        worker = start_worker(tmp_path, server.address, "phoenix")
+        try:
+            d, _ = client.action(["sh", "-c", "sleep 300"])
+            stream = execute_when_accepted(client, d)  # refused until the worker's session exists
+            stream.wait_stage(EXECUTING, timeout=60)
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+            worker = start_worker(tmp_path, server.address, "phoenix")
+            response = stream.result(timeout=90)
+            assert response.status.code == code_pb2.UNAVAILABLE, response.status
+            assert "worker phoenix-0 came back" in response.status.message
+            assert "gave up after 1 attempts" in response.status.message
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+            client.close()
