@@ -168,7 +168,7 @@ def assert_unsatisfiable(response: re_pb2.ExecuteResponse, prop: str) -> None:
 
 
 def test_unsatisfiable_platform_fails_when_the_grace_ends_and_when_its_bot_leaves(tmp_path, database):
-    settings = {"platform_grace": "4s", "bot_timeout": "3s", "known_platforms": "[]"}
+    settings = {"platform_grace": "6s", "bot_timeout": "3s", "known_platforms": "[]"}
     a = start_granary(tmp_path / "a", shared(tmp_path, database, local_workers=1, **settings))
     b = None
     try:
