@@ -105,7 +105,7 @@ def test_execute_happy_path_then_cached(farm):
     stream.wait_stage(EXECUTING)
     bot.complete(lease.id, re_pb2.ActionResult(exit_code=0, stdout_raw=b"hi\n"))
     response = stream.result()
-    assert [stage_of(o) for o in stream.ops] == [1, QUEUED, EXECUTING, COMPLETED]
+    assert [stage_of(o) for o in stream.ops] == [QUEUED, EXECUTING, COMPLETED]
     assert response.status.code == code_pb2.OK
     assert not response.cached_result
     assert response.result.stdout_raw == b"hi\n"

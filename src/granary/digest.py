@@ -58,6 +58,7 @@ _BY_LENGTH = {64: SHA256, 40: SHA1, 32: MD5, 96: SHA384, 128: SHA512}
 NAMED_IN_RESOURCE = frozenset({BLAKE3, SHA256TREE})
 
 _HEX_CHARS = "0123456789abcdef"
+_HEX_LENGTH = {f.value: f.hex_length for f in FUNCTIONS.values()}
 
 
 class BlobDigest(NamedTuple):
@@ -107,12 +108,23 @@ def make_digest(requested: int, hash_: str, size: int) -> BlobDigest:
     expected = FUNCTIONS[function].hex_length
     if len(hash_) != expected or hash_.strip(_HEX_CHARS):
         raise InvalidArgument(
-            f"invalid digest hash {hash_!r}: expected {expected} lowercase hex characters"
-            f" for {FUNCTIONS[function].name.upper()}"
+            f"invalid digest hash {hash_!r} (digest {hash_}/{size}): expected {expected} lowercase hex"
+            f" characters for {FUNCTIONS[function].name.upper()}"
         )
     if size < 0:
         raise InvalidArgument(f"invalid digest {hash_}/{size}: size_bytes is negative")
     return BlobDigest(function, hash_, size)
+
+
+def check(requested: int, hash_: str, size: int) -> None:
+    """Raise what make_digest would for an invalid (hash, size), without building a digest.
+
+    Cheap enough for every digest of a large FindMissingBlobs; it must run
+    before any cache of known-present or known-absent hashes is consulted.
+    """
+    expected = _HEX_LENGTH.get(requested) if requested else (len(hash_) if len(hash_) in _BY_LENGTH else None)
+    if expected is None or len(hash_) != expected or size < 0 or hash_.strip(_HEX_CHARS):
+        make_digest(requested, hash_, size)
 
 
 def from_proto(requested: int, d) -> BlobDigest:

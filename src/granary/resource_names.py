@@ -49,7 +49,7 @@ def _digest_tail(name: str, parts: list[str], allow_metadata: bool) -> tuple[Blo
     if len(rest) > 2 and not allow_metadata:
         raise InvalidArgument(f"resource name {name!r} has unexpected segments after the size")
     hash_, size_s = rest[0], rest[1]
-    if not size_s.isdigit():
+    if not (size_s.isascii() and size_s.isdigit()):
         raise InvalidArgument(f"invalid size {size_s!r} in resource name {name!r}")
     return dg.make_digest(function, hash_, int(size_s)), used + 2
 

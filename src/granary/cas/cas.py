@@ -49,9 +49,12 @@ class ContentAddressableStorage:
     async def find_missing_protos(self, function: int, protos: Sequence) -> list:
         """FindMissingBlobs on Digest messages, answered from memory where the store can.
 
-        Digests the store already knows need no validation: they were
-        validated when they were stored or first asked about.
+        Every digest is validated first: a hash the store remembers (present
+        or absent) says nothing about the size or function this request gives.
         """
+        check = dg.check
+        for p in protos:
+            check(function, p.hash, p.size_bytes)
         presence = self.store.presence()
         if presence is None:
             digests = [dg.make_digest(function, d.hash, d.size_bytes) for d in protos]

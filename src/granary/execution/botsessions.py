@@ -85,9 +85,10 @@ class BotSessions:
             "created_time": time.time(), "last_seen": time.time(),
         }
         await self.queue.run(self.queue.touch_bot, row)
+        reported = {lease.id: lease for lease in session.leases if lease.id}
         if created:
             self.scheduler.forget_live_offers()
-        reported = {lease.id: lease for lease in session.leases if lease.id}
+            await self._replace_older_sessions(row["bot_id"], queue, name, list(reported))
         accepting = session.status in ACCEPTING
         while True:
             with self.notifier.subscribe(list(reported), queue=queue if accepting else None) as sub:
@@ -172,6 +173,14 @@ class BotSessions:
             elif job["stage"] == EXECUTING:
                 await self._requeue(job_name, name, "the worker dropped the lease", now)
         return out, acted
+
+    async def _replace_older_sessions(self, bot_id: str, queue: str, name: str, reported: list[str]) -> None:
+        """A bot that opens a new session restarted: what it no longer reports runs elsewhere now,
+        not after bot_timeout."""
+        changed = await self.queue.run(self.queue.replace_sessions, bot_id, queue, name, reported, time.time())
+        if changed:
+            self.notifier.job_changed(*changed)
+            self.notifier.queue_changed(queue)
 
     async def _requeue(self, job_name: str, bot_name: str, reason: str, now: float) -> None:
         what = await self.queue.run(self.queue.requeue, job_name, bot_name, reason, now)

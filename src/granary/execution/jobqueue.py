@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from granary.errors import ConfigError, InvalidArgument, NotFound
 from granary.execution import leases, opfilter
 from granary.execution.operations import COMPLETED, EXECUTING, QUEUED, cancelled_response, error_response
-from granary.execution.platform import Capabilities, from_key
+from granary.execution.platform import Capabilities, from_key, unsatisfied_reason
 from granary.execution.schema import bots, jobs, metadata, operations
 from granary.sqlite_wal import enable_wal
 
@@ -61,6 +61,14 @@ class JobQueue:
         self.engine = self._make_engine(url, write=True)
         self.read_engine = self._make_engine(url, write=False) if self.is_sqlite else self.engine
         self._caps_cache: dict[tuple[str, str], bool] = {}
+        self._known_platforms: list[Capabilities] | None = None  # None: never fail a job for its platform
+        self._platform_grace = 0.0
+
+    def set_platform_policy(self, known: Sequence[Capabilities], grace: float) -> None:
+        """Queued jobs that neither a live bot nor one of `known` can run fail once a process
+        has been up for `grace` seconds (see fail_unsatisfiable; `reap` applies it)."""
+        self._known_platforms = list(known)
+        self._platform_grace = grace
 
     # ---- set-up -------------------------------------------------------------
 
@@ -214,8 +222,10 @@ class JobQueue:
             op = conn.execute(select(operations).where(operations.c.name == name)).mappings().first()
             if op is None:
                 raise NotFound(f"operation {name!r} not found")
-            conn.execute(update(operations).where(operations.c.name == name).values(cancelled=True))
             job = conn.execute(select(jobs).where(jobs.c.name == op["job_name"])).mappings().first()
+            if job is not None and job["stage"] == COMPLETED:
+                return job["name"], job["bot_name"]  # too late: it keeps the answer it has
+            conn.execute(update(operations).where(operations.c.name == name).values(cancelled=True))
             if job is None:
                 return op["job_name"], None
             live = conn.execute(
@@ -273,6 +283,35 @@ class JobQueue:
                 select(bots.c.properties).where(bots.c.queue == queue, bots.c.last_seen >= since).distinct()
             ).scalars().all()
         return [[(str(k), str(v)) for k, v in json.loads(r)] for r in rows]
+
+    def replace_sessions(self, bot_id: str, queue: str, name: str, reported: Sequence[str], now: float) -> list[str]:
+        """A bot opened session `name`: its older sessions are over (it restarted, e.g. after a crash).
+
+        Jobs they held move to the new session if it reports their lease, and
+        are re-queued (counting toward retry_limit) if it does not. -> jobs re-queued or failed.
+        """
+        with self.engine.begin() as conn:
+            old = select(bots.c.name).where(bots.c.bot_id == bot_id, bots.c.queue == queue, bots.c.name != name)
+            held = conn.execute(
+                select(jobs.c.name, jobs.c.bot_name).where(
+                    jobs.c.queue == queue, jobs.c.bot_name.is_not(None), jobs.c.bot_name != name,
+                    or_(jobs.c.worker == bot_id, jobs.c.bot_name.in_(old)),
+                )
+            ).all()
+            keep = set(reported)
+            changed: list[str] = []
+            for job_name, old_session in held:
+                if job_name in keep:
+                    conn.execute(
+                        update(jobs).where(jobs.c.name == job_name, jobs.c.bot_name == old_session)
+                        .values(bot_name=name, **_bump())
+                    )
+                    continue
+                reason = f"worker {bot_id} came back (new session) without this lease"
+                if self._requeue(conn, job_name, old_session, reason, now) in ("requeued", "failed"):
+                    changed.append(job_name)
+            conn.execute(delete(bots).where(bots.c.bot_id == bot_id, bots.c.queue == queue, bots.c.name != name))
+            return changed
 
     def held_jobs(self, bot_name: str) -> dict[str, RowMapping]:
         with self.read_engine.connect() as conn:
@@ -384,13 +423,74 @@ class JobQueue:
         log.warning("job %s re-queued: %s", job_name, reason)
         return "requeued"
 
+    # ---- platforms nobody offers --------------------------------------------
+
+    def fail_unsatisfiable(self, known: Sequence[Capabilities], since: float, now: float) -> list[str]:
+        """Fail the waiting jobs no bot seen since `since` and no `known` platform could run.
+
+        Such jobs were accepted while bots were still connecting, or lost the
+        last bot that could run them. They finish with FAILED_PRECONDITION
+        naming the property, as Execute refuses such an action outright. The
+        usual case (nothing to fail) only reads.
+        """
+        with self.read_engine.connect() as conn:
+            if not self._unsatisfiable(conn, known, since):
+                return []
+        failed: list[str] = []
+        with self.engine.begin() as conn:  # look again: a bot may have come in meanwhile
+            waiting = and_(jobs.c.stage == QUEUED, jobs.c.bot_name.is_(None))
+            for q, key, reason in self._unsatisfiable(conn, known, since):
+                pick = select(jobs.c.name).where(waiting, jobs.c.queue == q, jobs.c.platform_key == key)
+                if self.is_postgres:
+                    pick = pick.with_for_update(skip_locked=True)  # one being assigned to a bot stays
+                names = conn.execute(pick).scalars().all()
+                if not names:
+                    continue
+                response = error_response(code_pb2.FAILED_PRECONDITION, f"cannot execute this action: {reason}")
+                conn.execute(
+                    update(jobs).where(jobs.c.name.in_(names), waiting)
+                    .values(stage=COMPLETED, completed_time=now, active_key=None,
+                            response=response.SerializeToString(), **_bump())
+                )
+                log.warning("%d queued job(s) failed, no worker can run them: %s", len(names), reason)
+                failed.extend(names)
+            if failed:
+                self._notify(conn)
+        return failed
+
+    def _unsatisfiable(
+        self, conn: Connection, known: Sequence[Capabilities], since: float
+    ) -> list[tuple[str, str, str]]:
+        """(queue, platform key, reason) of waiting jobs nothing offers."""
+        waiting = and_(jobs.c.stage == QUEUED, jobs.c.bot_name.is_(None))
+        wanted = conn.execute(select(jobs.c.queue, jobs.c.platform_key).where(waiting).distinct()).all()
+        if not wanted:
+            return []
+        queues = sorted({q for q, _ in wanted})
+        offers: dict[str, list[Capabilities]] = {q: list(known) for q in queues}
+        live = conn.execute(
+            select(bots.c.queue, bots.c.properties)
+            .where(bots.c.queue.in_(queues), bots.c.last_seen >= since).distinct()
+        ).all()
+        for q, props in live:
+            offers[q].append(Capabilities((str(k), str(v)) for k, v in json.loads(props)))
+        out = []
+        for q, key in wanted:
+            reason = unsatisfied_reason(from_key(key), offers[q])
+            if reason is not None:
+                out.append((q, key, reason))
+        return out
+
     # ---- housekeeping -------------------------------------------------------
 
     def reap(self, now: float, bot_timeout: float, up_since: float, retention: float) -> list[str]:
-        """Re-queue the jobs of silent bots, stop jobs far past their timeout, drop old history.
+        """Re-queue the jobs of silent bots, fail jobs no live bot could run, stop jobs far past
+        their timeout, drop old history.
 
         A bot counts as silent only if this process has also been up for
-        bot_timeout (it could not reach us while we were down).
+        bot_timeout (it could not reach us while we were down); jobs fail for
+        their platform only once this process has been up for the platform
+        grace (bots may still be connecting).
         """
         changed: list[str] = []
         cutoff = now - bot_timeout
@@ -408,6 +508,8 @@ class JobQueue:
                     changed.append(job_name)
                 if dead:
                     conn.execute(delete(bots).where(bots.c.name.in_(dead)))
+        if self._known_platforms is not None and now - up_since >= self._platform_grace:
+            changed.extend(self.fail_unsatisfiable(self._known_platforms, cutoff, now))
         with self.engine.begin() as conn:
             overdue = conn.execute(
                 select(jobs.c.name, jobs.c.timeout).where(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,17 +23,10 @@ from granary.execution import platform
 from granary.execution.inputs import load_action
 from granary.execution.jobqueue import JobQueue
 from granary.execution.notifier import Notifier
-from granary.execution.operations import (
-    CACHE_CHECK,
-    COMPLETED,
-    QUEUED,
-    error_response,
-    make_operation,
-    metadata,
-    render,
-)
+from granary.execution.operations import COMPLETED, QUEUED, error_response, render
 from granary.instance import Instance
 
+log = logging.getLogger("granary.execution.scheduler")
 EXECUTION_DIGEST_FUNCTIONS = (dg.SHA256,)  # workers infer the function from hash length
 KEEPALIVE = 60.0  # re-send the current state on an idle stream this often
 
@@ -81,6 +76,9 @@ class Scheduler:
         self.started = time.time()
         self._known = [platform.Capabilities(p) for p in cfg.known_platforms]
         self._live: dict[str, tuple[float, list[platform.Capabilities]]] = {}
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+        queue.set_platform_policy(self._known, cfg.platform_grace)
 
     # ---- Execute ------------------------------------------------------------
 
@@ -98,12 +96,16 @@ class Scheduler:
             )
         prefix = f"{inst.name}/" if inst.name else ""
         op_name = f"{prefix}operations/{uuid.uuid4()}"
-        digest_proto = re_pb2.Digest(hash=action_digest.hash, size_bytes=action_digest.size)
-        fn = action_digest.function
-        return self._execute(inst, ex, request, md, action_digest, digest_proto, op_name, fn)
+        return self._execute(inst, ex, request, md, action_digest, op_name, action_digest.function)
 
-    async def _execute(self, inst, ex, request, md, action_digest, digest_proto, op_name, fn):
-        yield make_operation(op_name, metadata(CACHE_CHECK, digest_proto, fn))
+    async def _execute(
+        self, inst: Instance, ex: ExecutionInstance, request: re_pb2.ExecuteRequest, md: re_pb2.RequestMetadata,
+        action_digest: dg.BlobDigest, op_name: str, fn: int,
+    ) -> AsyncIterator[operations_pb2.Operation]:
+        # Nothing is yielded before the operation is committed to the queue database: a client
+        # may ask any server process about an operation name as soon as it has seen it.
+        op = {"name": op_name, "instance": inst.name, "created_time": time.time(), "cancelled": False,
+              **_labels(md)}
         if not request.skip_cache_lookup and inst.action_cache is not None:
             try:
                 cached = await inst.action_cache.get(
@@ -116,11 +118,12 @@ class Scheduler:
                 cached = None
             if cached is not None:
                 response = re_pb2.ExecuteResponse(result=cached, cached_result=True)
-                yield make_operation(op_name, metadata(COMPLETED, digest_proto, fn), response)
+                yield await self._record_finished(ex.queue, inst.name, action_digest, op, response)
                 return
         loaded = await load_action(inst.cas, action_digest)
         if loaded.missing:
-            yield make_operation(op_name, metadata(COMPLETED, digest_proto, fn), _missing_response(loaded.missing))
+            yield await self._record_finished(ex.queue, inst.name, action_digest, op,
+                                              _missing_response(loaded.missing))
             return
         action, command = loaded.action, loaded.command
         assert action is not None and command is not None
@@ -128,7 +131,7 @@ class Scheduler:
         if not action.HasField("timeout") or action.timeout.ToNanoseconds() == 0:
             action.timeout.CopyFrom(duration_pb2.Duration(seconds=int(timeout), nanos=int(timeout % 1 * 1e9)))
         reqs = platform.requirements_of(action.platform, command.platform)
-        await self._check_platform(ex.queue, reqs)
+        on_grace = await self._check_platform(ex.queue, reqs)
         now = time.time()
         job_name = str(uuid.uuid4())
         do_not_cache = action.do_not_cache
@@ -140,14 +143,31 @@ class Scheduler:
             "do_not_cache": do_not_cache, "retries": 0, "version": 0,
             "active_key": None if do_not_cache else _merge_key(ex.queue, inst.name, action_digest),
         }
-        op = {"name": op_name, "instance": inst.name, "created_time": now, "cancelled": False, **_labels(md)}
         row, merged = await self.queue.run(self.queue.enqueue, job, op)
+        if on_grace:
+            self._check_when_grace_ends()
         if not merged:
             self.notifier.queue_changed(ex.queue)
         else:
             self.notifier.job_changed(row["name"])
         async for operation in self.follow(op_name, row["name"]):
             yield operation
+
+    async def _record_finished(
+        self, queue: str, instance: str, action_digest: dg.BlobDigest, op: dict[str, Any],
+        response: re_pb2.ExecuteResponse,
+    ) -> operations_pb2.Operation:
+        """Store an operation answered without running anything (cache hit, missing inputs)."""
+        now = time.time()
+        job = {
+            "name": str(uuid.uuid4()), "queue": queue, "instance": instance, "action_key": str(action_digest),
+            "digest_function": action_digest.function, "action": b"", "platform_key": platform.key_of(()),
+            "priority": 0, "queued_time": now, "stage": COMPLETED, "lease_state": 0, "timeout": 0.0,
+            "do_not_cache": True, "retries": 0, "version": 0, "active_key": None, "completed_time": now,
+            "response": response.SerializeToString(),
+        }
+        row, _ = await self.queue.run(self.queue.enqueue, job, op)
+        return render(op, row)
 
     def _timeout(self, action: re_pb2.Action) -> float:
         requested = action.timeout.ToNanoseconds() / 1e9 if action.HasField("timeout") else 0.0
@@ -159,15 +179,45 @@ class Scheduler:
             )
         return requested or self.cfg.default_timeout
 
-    async def _check_platform(self, queue: str, reqs: platform.Requirements) -> None:
+    async def _check_platform(self, queue: str, reqs: platform.Requirements) -> bool:
+        """Refuse what nothing could run; -> True if accepted only because bots may still connect."""
         offers = list(self._known)
         offers += await self._live_offers(queue)
         reason = platform.unsatisfied_reason(reqs, offers)
         if reason is None:
-            return
+            return False
         if time.time() - self.started < self.cfg.platform_grace:
-            return  # bots may still be connecting
+            return True
         raise FailedPrecondition(f"cannot execute this action: {reason}")
+
+    def _check_when_grace_ends(self) -> None:
+        """Fail what is still unsatisfiable the moment the grace ends (the reaper also checks)."""
+        if self._grace_timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        async def check() -> None:
+            try:
+                await self.fail_unsatisfiable()
+            except Exception:
+                log.exception("checking queued jobs against the connected workers failed")
+
+        def fire() -> None:
+            self._grace_timer = None
+            task = loop.create_task(check())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        delay = self.started + self.cfg.platform_grace - time.time()
+        self._grace_timer = loop.call_later(max(0.0, delay), fire)
+
+    async def fail_unsatisfiable(self) -> list[str]:
+        """Fail queued jobs that no live bot and no known platform could run."""
+        now = time.time()
+        failed = await self.queue.run(self.queue.fail_unsatisfiable, self._known, now - self.cfg.bot_timeout, now)
+        if failed:
+            self.notifier.job_changed(*failed)
+        return failed
 
     async def _live_offers(self, queue: str) -> list[platform.Capabilities]:
         now = time.monotonic()

@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
                    help="bwrap: run actions under bubblewrap; auto (default): bwrap when it works here")
     p.add_argument("--sandbox-path", action="append", default=[], metavar="PATH",
                    help="extra host path to show read-only inside the bwrap sandbox (repeatable)")
-    p.add_argument("--name", help="worker name, prefix of bot ids (default: host name)")
+    p.add_argument("--name", help="worker name, prefix of bot ids (default: host name); give each worker its own:"
+                   " a worker restarted with the same name takes over (and gives back) its old leases")
     p.add_argument("--shutdown-grace", type=float, default=30.0,
                    help="seconds running actions may finish after SIGTERM (default 30)")
     p.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
@@ -55,7 +56,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.cache_dir is not None:
         cfg.cache_dir = args.cache_dir
     if args.name:
-        cfg.name = args.name
+        cfg.name, cfg.named = args.name, True
     try:
         return run(cfg)
     except ValueError as e:  # the sandbox asked for cannot work here

@@ -47,6 +47,7 @@ class WorkerConfig:
     sandbox: str = "auto"
     sandbox_paths: tuple[str, ...] = ()
     name: str = field(default_factory=socket.gethostname)
+    named: bool = False  # name given (--name): bot ids omit the pid, so a restart comes back as the same bots
     poll_timeout: float = 60.0
     shutdown_grace: float = 30.0
 
@@ -85,10 +86,10 @@ class Worker:
             worker_name=cfg.name,
         )
         props = properties(cfg.properties)
+        prefix = cfg.name if cfg.named else f"{cfg.name}-{os.getpid()}"
         self.sessions = [
             BotSession(self.channel, self.executor,
-                       BotConfig(cfg.instance, f"{cfg.name}-{os.getpid()}-{k}", props, cfg.poll_timeout),
-                       self.shutdown)
+                       BotConfig(cfg.instance, f"{prefix}-{k}", props, cfg.poll_timeout), self.shutdown)
             for k in range(cfg.concurrency)
         ]
         log.info("worker %s: %d slot(s), sandbox %s, platform %s", cfg.name, cfg.concurrency, sandbox.name,
