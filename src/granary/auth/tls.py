@@ -45,7 +45,8 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _configuration(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
-    pair = (_read(files.key, "key"), _read(files.cert, "cert"))
+    cert = _read(files.cert, "cert")
+    pair = (_read(files.key, "key"), cert)
     roots = _read(files.client_ca, "client_ca") if files.client_ca is not None else None
     return grpc.ssl_server_certificate_configuration([pair], root_certificates=roots)
 
