@@ -9,6 +9,7 @@ import ipaddress
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,8 +178,15 @@ class RecordingCas(CasService):
 class AuthServer:
     """grpc.aio server on a loopback port, in its own thread and event loop."""
 
-    def __init__(self, runtime: AuthRuntime | None, tls: TlsFiles | None = None, interceptor: bool = True):
+    def __init__(
+        self,
+        runtime: AuthRuntime | None,
+        tls: TlsFiles | None = None,
+        interceptor: bool = True,
+        extra: Callable[[grpc.aio.Server], None] | None = None,
+    ):
         self.runtime = runtime
+        self.extra = extra
         self.tls = tls
         self.use_interceptor = interceptor and runtime is not None
         self.seen: list[Identity] = []
@@ -229,6 +237,8 @@ class AuthServer:
         add_servicer(server, ActionCacheService(instances), services["ActionCache"])
         add_servicer(server, CapabilitiesService(instances), services["Capabilities"])
         add_servicer(server, ByteStreamService(instances), bs_pb2.DESCRIPTOR.services_by_name["ByteStream"])
+        if self.extra is not None:
+            self.extra(server)
         if self.tls is None:
             self.port = server.add_insecure_port("127.0.0.1:0")
         else:
