@@ -231,3 +231,28 @@ def test_settings_refuse_unsafe_algorithms():
     for algs in (["none"], ["HS256"], []):
         with pytest.raises(ValueError, match="not allowed"):
             AuthSettings.model_validate({"jwt": {"issuer": "i", "audience": "a", "algorithms": algs}})
+
+
+def test_a_remembered_token_still_expires(tmp_path):
+    import asyncio
+    import time
+
+    from granary.auth.jwt_auth import JwtOptions, JwtVerifier
+    from granary.errors import Unauthenticated
+
+    signer = JwtIssuer("https://issuer.invalid")
+    (tmp_path / "jwks.json").write_text(json.dumps(signer.jwks()))
+    verifier = JwtVerifier(JwtOptions(issuer=signer.issuer, audience="granary", jwks_file=tmp_path / "jwks.json",
+                                      leeway=0))
+    token = signer.token("short", expires_in=2)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+
+    async def twice() -> None:
+        assert (await verifier.authenticate(token, "authorization")).name == "short"
+        assert (await verifier.authenticate(token, "authorization")).name == "short"  # remembered
+        while time.time() < exp + 0.1:
+            await asyncio.sleep(0.1)
+        with pytest.raises(Unauthenticated, match="expired"):
+            await verifier.authenticate(token, "authorization")
+
+    asyncio.run(twice())

@@ -7,16 +7,21 @@ and fetched again when a token names an unknown key id, at most once per
 audience, expiry (with `leeway`) and the algorithm (from an allow-list that never holds
 `none` or an HMAC algorithm) are all checked; `name_claim` names the identity and
 `groups_claim` gives the groups that policy rules match.
+
+Clients send the same token on every call, so a verified token's identity is remembered
+(bounded, for at most `cache_seconds` and never past its expiry).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 import time
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +50,8 @@ class JwtOptions:
     refresh_seconds: float = 3600.0
     refetch_min_seconds: float = 30.0
     fetch_timeout: float = 10.0
+    cache_seconds: float = 60.0
+    cache_entries: int = 10_000
 
     def check(self) -> None:
         if not self.issuer:
@@ -83,6 +90,7 @@ class JwtVerifier:
         self._file_mtime = -1
         self._file_checked = 0.0
         self._lock = asyncio.Lock()
+        self._verified: OrderedDict[bytes, tuple[Identity, float, float]] = OrderedDict()  # identity, exp, when
         if options.jwks_file is not None:
             self._load_file(start=True)
 
@@ -152,6 +160,20 @@ class JwtVerifier:
     # ---- tokens -----------------------------------------------------------------
 
     async def authenticate(self, token: str, where: str) -> Identity:
+        key = hashlib.sha256(token.encode()).digest()
+        hit = self._verified.get(key)
+        if hit is not None:
+            identity, exp, when = hit
+            if time.time() < exp + self.o.leeway and time.monotonic() - when < self.o.cache_seconds:
+                return identity
+            del self._verified[key]
+        identity, exp = await self._verify(token, where)
+        self._verified[key] = (identity, exp, time.monotonic())
+        while len(self._verified) > self.o.cache_entries:
+            self._verified.popitem(last=False)
+        return identity
+
+    async def _verify(self, token: str, where: str) -> tuple[Identity, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as e:
@@ -192,7 +214,7 @@ class JwtVerifier:
             raise Unauthenticated(f"{where}: JWT signature does not verify") from None
         except (jwt.PyJWTError, ValueError, TypeError) as e:
             raise Unauthenticated(f"{where}: JWT rejected: {e}") from None
-        return self.identity(claims, where)
+        return self.identity(claims, where), float(claims["exp"])
 
     def identity(self, claims: dict[str, Any], where: str) -> Identity:
         name = claims.get(self.o.name_claim)
