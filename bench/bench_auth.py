@@ -113,9 +113,24 @@ def drive(port: int, header: str | None, seconds: float) -> float:
         return n / (time.perf_counter() - start)
 
 
+def measure(mode: str, workdir: Path, header: str | None, seconds: float) -> float:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", mode, "--workdir", str(workdir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ,
+    )
+    try:
+        assert proc.stdout is not None
+        return drive(int(proc.stdout.readline()), header, seconds)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(30)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3, help="measure each mode this often; the best counts")
     parser.add_argument("--only", help="comma-separated modes: " + ",".join(MODES))
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -127,23 +142,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="granary-bench-auth-") as tmp:
         workdir = Path(tmp)
         headers = prepare(workdir)
-        print(f"GetActionResult, one client, {args.seconds:g} s per mode (server: one process, uvloop)")
-        baseline = None
+        print(f"GetActionResult, one client, {args.seconds:g} s per mode, best of {args.rounds} rounds"
+              " (server: one process, uvloop)")
+        best: dict[str, float] = {}
+        for _ in range(args.rounds):  # rounds interleave the modes, so a busy moment hurts them alike
+            for mode in modes:
+                best[mode] = max(best.get(mode, 0.0), measure(mode, workdir, headers.get(mode), args.seconds))
+        baseline = best.get("no-auth") or max(best.values())
         for mode in modes:
-            proc = subprocess.Popen(
-                [sys.executable, __file__, "--serve", mode, "--workdir", str(workdir)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ,
-            )
-            try:
-                assert proc.stdout is not None
-                port = int(proc.stdout.readline())
-                rate = drive(port, headers.get(mode), args.seconds)
-            finally:
-                assert proc.stdin is not None
-                proc.stdin.close()
-                proc.wait(30)
-            baseline = baseline or rate
-            print(f"  {mode:10s} {rate:8.0f} req/s   {rate / baseline * 100:5.1f}% of no-auth", flush=True)
+            print(f"  {mode:10s} {best[mode]:8.0f} req/s   {best[mode] / baseline * 100:5.1f}% of no-auth", flush=True)
     return 0
 
 

@@ -174,6 +174,11 @@ class RecordingCas(CasService):
         self.seen.append(current_identity())
         return await super().FindMissingBlobs(request, context)
 
+    async def GetTree(self, request, context):  # a server-streaming method
+        async for response in super().GetTree(request, context):
+            self.seen.append(current_identity())
+            yield response
+
 
 class AuthServer:
     """grpc.aio server on a loopback port, in its own thread and event loop."""

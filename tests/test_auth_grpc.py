@@ -362,3 +362,16 @@ def test_non_ascii_bytes_in_credential_headers_are_unauthenticated(setup):
         with pytest.raises(Unauthenticated) as exc:
             asyncio.run(_identify(authenticator, md))
         assert named in exc.value.message
+
+
+def test_identity_is_visible_in_a_streaming_handler(setup):
+    server, calls, _, _ = setup
+    root = re_pb2.Directory().SerializeToString()
+    md = basic("alice", "alice-secret")
+    calls.batch_update(md, root)
+    before = len(server.seen)
+    responses = list(calls.cas.GetTree(re_pb2.GetTreeRequest(root_digest=digest(root)), metadata=md, timeout=30))
+    assert responses and [(i.name, i.method) for i in server.seen[before:]] == [("alice", AuthMethod.BASIC)]
+    with pytest.raises(grpc.RpcError) as exc:
+        list(calls.cas.GetTree(re_pb2.GetTreeRequest(root_digest=digest(root)), timeout=30))
+    assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED

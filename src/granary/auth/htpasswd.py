@@ -28,7 +28,13 @@ from granary.errors import ConfigError, Unauthenticated
 
 log = logging.getLogger("granary.auth")
 BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
-_DUMMY_HASH = bcrypt.hashpw(b"granary-dummy-password", bcrypt.gensalt(rounds=10))
+
+
+def _dummy_hash(users: dict[str, bytes]) -> bytes:
+    """A hash of the cost most users have, to check unknown users against."""
+    costs = [h[4:6] for h in users.values() if h[4:6].isdigit()]
+    rounds = int(max(set(costs), key=costs.count)) if costs else 10
+    return bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=min(max(rounds, 4), 16)))
 
 
 def parse_htpasswd(text: str, where: str) -> dict[str, bytes]:
@@ -66,6 +72,7 @@ class HtpasswdFile:
         self._lock = threading.Lock()
         self._mtime = self._stat(start=True)
         self._users = self._read(start=True)
+        self._dummy = _dummy_hash(self._users)
         self._checked = time.monotonic()
 
     def _stat(self, start: bool = False) -> float:
@@ -95,8 +102,9 @@ class HtpasswdFile:
         except ConfigError as e:  # keep serving with the users we had
             log.error("htpasswd not reloaded: %s", e)
             return
+        dummy = _dummy_hash(users)
         with self._lock:
-            self._users, self._mtime = users, mtime
+            self._users, self._mtime, self._dummy = users, mtime, dummy
             self._cache.clear()
         log.info("htpasswd %s reloaded: %d users", self.path, len(users))
 
@@ -107,7 +115,7 @@ class HtpasswdFile:
     def verify(self, user: str, password: str) -> bool:
         """bcrypt check (blocking); the same work whether or not the user exists."""
         hashed = self._users.get(user)
-        ok = _check(password.encode(), hashed if hashed is not None else _DUMMY_HASH)
+        ok = _check(password.encode(), hashed if hashed is not None else self._dummy)
         return ok and hashed is not None
 
     async def authenticate(self, user: str, password: str, where: str) -> Identity:
