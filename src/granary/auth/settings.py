@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -33,6 +33,9 @@ from granary.auth.permissions import AnonymousGrant, Permission, Policy, Rule
 from granary.auth.tls import TlsFiles
 from granary.auth.tokens import TokenStore
 from granary.sql import resolve_url
+
+if TYPE_CHECKING:
+    from granary.auth.interceptor import AuthInterceptor
 
 DEFAULT_TOKEN_DATABASE = "sqlite:///tokens.sqlite"
 
@@ -161,8 +164,8 @@ class AuthRuntime:
     authenticator: Authenticator
     policy: Policy
 
-    def interceptor(self):
-        from granary.auth.interceptor import AuthInterceptor
+    def interceptor(self) -> AuthInterceptor:
+        from granary.auth.interceptor import AuthInterceptor  # gRPC: only in processes that serve
 
         return AuthInterceptor(self.authenticator, self.policy)
 
