@@ -155,9 +155,9 @@ class JwtIssuer:
 # ---- the server --------------------------------------------------------------------------
 
 
-def memory_instances() -> Instances:
+def memory_instances(store: MemoryActionCacheStore | None = None) -> Instances:
     cas = ContentAddressableStorage(MemoryBlobStore(64 << 20))
-    store = MemoryActionCacheStore()
+    store = store or MemoryActionCacheStore()
 
     def make(name: str) -> Instance:
         return Instance(name, cas, ActionCache(store, cas, namespace=name))
@@ -195,6 +195,7 @@ class AuthServer:
         self.tls = tls
         self.use_interceptor = interceptor and runtime is not None
         self.seen: list[Identity] = []
+        self.ac_store = MemoryActionCacheStore()
         self.port = 0
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -215,6 +216,15 @@ class AuthServer:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
 
+    def action_results(self) -> int:
+        """How many action results the server holds."""
+
+        async def count() -> int:
+            return len([k async for k, _, _ in self.ac_store.iterate()])
+
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(count(), self._loop).result(30)
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
@@ -234,7 +244,7 @@ class AuthServer:
             assert self.runtime is not None
             interceptors.append(AuthInterceptor(self.runtime.authenticator, self.runtime.policy))
         server = grpc.aio.server(interceptors=interceptors)
-        instances = memory_instances()
+        instances = memory_instances(self.ac_store)
         cas = RecordingCas(instances)
         cas.seen = self.seen
         services = re_pb2.DESCRIPTOR.services_by_name
