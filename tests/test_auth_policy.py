@@ -111,3 +111,22 @@ def test_settings_errors_name_the_key(tmp_path):
     runtime = build_auth(AuthSettings.model_validate({"tokens": {}}), tmp_path)
     assert (tmp_path / "tokens.sqlite").exists()
     runtime.close()
+
+
+def test_durations_and_the_exposure_check():
+    from granary.auth.settings import check_exposure
+
+    jwt = AuthSettings.model_validate(
+        {"jwt": {"issuer": "i", "audience": "a", "leeway": "1m", "refresh_seconds": "2h"}}
+    ).jwt
+    assert jwt is not None and (jwt.leeway, jwt.refresh_seconds) == (60.0, 7200.0)
+    with pytest.raises(ValidationError, match="duration like 30s"):
+        AuthSettings.model_validate({"tokens": {"cache_seconds": "soon"}})
+    open_server = AuthSettings()
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        check_exposure(host, open_server, allow_unauthenticated=False)
+    for host in ("0.0.0.0", "::", "10.1.2.3", "build-server"):
+        with pytest.raises(ConfigError, match=f"{host} is reachable from other hosts"):
+            check_exposure(host, open_server, allow_unauthenticated=False)
+        check_exposure(host, open_server, allow_unauthenticated=True)
+        check_exposure(host, AuthSettings.model_validate({"tokens": {}}), allow_unauthenticated=False)

@@ -19,11 +19,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from granary.auth.authenticator import DEFAULT_TOKEN_HEADER, Authenticator
 from granary.auth.htpasswd import HtpasswdFile
@@ -32,12 +34,30 @@ from granary.auth.mtls import CertField, CertIdentities
 from granary.auth.permissions import AnonymousGrant, Permission, Policy, Rule
 from granary.auth.tls import TlsFiles
 from granary.auth.tokens import TokenStore
+from granary.errors import ConfigError
 from granary.sql import resolve_url
 
 if TYPE_CHECKING:
     from granary.auth.interceptor import AuthInterceptor
 
 DEFAULT_TOKEN_DATABASE = "sqlite:///tokens.sqlite"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def _seconds(value: Any) -> Any:
+    """'30s', '10m', '1h', '1d' or a number of seconds."""
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError(f"expected a duration like 30s, 10m or 1h, got {value!r}")
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
 class _Model(BaseModel):
@@ -54,7 +74,7 @@ class TokenSettings(_Model):
         DEFAULT_TOKEN_HEADER,
         description="metadata key that may carry a token instead of `authorization: Bearer` (lower case)",
     )
-    cache_seconds: float = Field(
+    cache_seconds: Seconds = Field(
         5.0, ge=0, le=300, description="how long a token lookup is remembered: a revocation takes effect within this"
     )
 
@@ -78,9 +98,9 @@ class JwtSettings(_Model):
     algorithms: list[str] = Field(
         list(DEFAULT_ALGORITHMS), description=f"accepted signature algorithms, from {', '.join(ASYMMETRIC)}"
     )
-    leeway: float = Field(30.0, ge=0, le=600, description="seconds of clock skew allowed on exp/nbf/iat")
-    refresh_seconds: float = Field(3600.0, gt=0, description="fetched key sets are refreshed this often")
-    refetch_min_seconds: float = Field(
+    leeway: Seconds = Field(30.0, ge=0, le=600, description="seconds of clock skew allowed on exp/nbf/iat")
+    refresh_seconds: Seconds = Field(3600.0, gt=0, description="fetched key sets are refreshed this often")
+    refetch_min_seconds: Seconds = Field(
         30.0, ge=0, description="an unknown key id makes a refetch at most this often"
     )
 
@@ -222,3 +242,23 @@ def build_auth(settings: AuthSettings, data_dir: Path) -> AuthRuntime:
     header = settings.tokens.header if settings.tokens is not None else DEFAULT_TOKEN_HEADER
     authenticator = Authenticator(htpasswd, tokens, verifier, certs, header)
     return AuthRuntime(authenticator, build_policy(settings))
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, settings: AuthSettings, allow_unauthenticated: bool) -> None:
+    """Secure default: without any credential method, listen on loopback only, unless the
+    operator said so explicitly (e.g. `--allow-unauthenticated-network-access`)."""
+    if settings.enabled or allow_unauthenticated or is_loopback(host):
+        return
+    raise ConfigError(
+        f"server.listen: {host} is reachable from other hosts but no authentication is configured (auth:);"
+        " configure auth, listen on 127.0.0.1, or pass --allow-unauthenticated-network-access"
+    )
