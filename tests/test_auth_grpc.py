@@ -375,3 +375,26 @@ def test_identity_is_visible_in_a_streaming_handler(setup):
     with pytest.raises(grpc.RpcError) as exc:
         list(calls.cas.GetTree(re_pb2.GetTreeRequest(root_digest=digest(root)), timeout=30))
     assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_broken_token_database_is_unavailable_not_a_crash(tmp_path):
+    from sqlalchemy import text
+
+    settings = AuthSettings.model_validate({
+        "tokens": {"database": "sqlite:///t.sqlite", "cache_seconds": 0},
+        "rules": [{"instance": "", "identities": ["x"], "permissions": ["cache-read"]}],
+    })
+    runtime = build_auth(settings, tmp_path)
+    tokens = runtime.authenticator.tokens
+    assert tokens is not None
+    _, secret = tokens.create("x", ["cache-read"], 60)
+    with AuthServer(runtime) as server, grpc.insecure_channel(server.address) as channel:
+        calls = Calls(channel)
+        assert len(calls.find_missing(bearer(secret))) == 1
+        with tokens.engine.begin() as conn:
+            conn.execute(text("DROP TABLE granary_tokens"))
+        code, msg = code_of(calls.find_missing, bearer(secret))
+        assert code == grpc.StatusCode.UNAVAILABLE and "cannot check credentials" in msg
+        code, _ = code_of(calls.find_missing, ())  # still answers the next call
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+    runtime.close()

@@ -170,6 +170,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if isinstance(e, Unauthenticated | PermissionDenied):
                 log.info("%s refused: %s", method, e.message)
             await context.abort(e.code, e.message)
+        except Exception as e:  # noqa: BLE001 - e.g. the token database is down: retryable, never a crash
+            log.warning("%s: cannot check credentials: %s: %s", method, type(e).__name__, e)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"cannot check credentials now: {type(e).__name__}: {e}"
+            )
 
     def authorize(self, method: str, rule: MethodRule | None, identity: Identity, request: Any) -> None:
         if rule is None:
