@@ -398,3 +398,11 @@ def test_a_broken_token_database_is_unavailable_not_a_crash(tmp_path):
         code, _ = code_of(calls.find_missing, ())  # still answers the next call
         assert code == grpc.StatusCode.UNAUTHENTICATED
     runtime.close()
+
+
+def test_empty_write_stream(setup):
+    _, calls, _, _ = setup
+    code, _ = code_of(calls.bs.Write, iter([]), timeout=30)
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    code, msg = code_of(calls.bs.Write, iter([]), metadata=basic("alice", "alice-secret"), timeout=30)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "first request" in msg

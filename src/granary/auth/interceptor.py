@@ -185,9 +185,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if not identity.authenticated and not self.policy.anonymous_may_anywhere(Permission.EXECUTE):
                 raise Unauthenticated(f"{method} needs credentials")
             return
-        if request is _NO_REQUEST:
-            return  # an empty request stream: the servicer refuses it, nothing was asked for
         assert rule.instance_of is not None and isinstance(rule.need, Permission)
+        if request is _NO_REQUEST:  # an empty request stream asks for nothing; the servicer refuses it
+            if not identity.authenticated and not self.policy.anonymous_may_anywhere(rule.need):
+                raise Unauthenticated(f"{rule.need.value} needs credentials")
+            return
         try:
             if type(request) is Malformed:
                 raise InvalidArgument(request.describe())
