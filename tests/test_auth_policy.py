@@ -130,3 +130,31 @@ def test_durations_and_the_exposure_check():
             check_exposure(host, open_server, allow_unauthenticated=False)
         check_exposure(host, open_server, allow_unauthenticated=True)
         check_exposure(host, AuthSettings.model_validate({"tokens": {}}), allow_unauthenticated=False)
+
+
+def test_token_table_created_by_several_processes_at_once(tmp_path):
+    import threading
+
+    from granary.auth.tokens import TokenStore
+
+    for trial in range(5):  # without care, most of these trials fail with "table already exists"
+        url = f"sqlite:///{tmp_path}/t{trial}.sqlite"
+        barrier = threading.Barrier(8)
+        errors: list[Exception] = []
+
+        def start(url: str = url, barrier: threading.Barrier = barrier, errors: list[Exception] = errors) -> None:
+            store = TokenStore(url)
+            barrier.wait()
+            try:
+                store.create_schema()
+            except Exception as e:  # noqa: BLE001 - collected for the assertion
+                errors.append(e)
+            finally:
+                store.close()
+
+        threads = [threading.Thread(target=start) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors

@@ -88,13 +88,19 @@ class TokenStore:
         return self.engine.url.render_as_string(hide_password=True)
 
     def create_schema(self) -> None:
-        try:
-            with self.engine.begin() as conn:
-                if self.engine.dialect.name == "postgresql":  # several processes may start at once
-                    conn.execute(text("SELECT pg_advisory_xact_lock(7426336)"))
-                metadata.create_all(conn)
-        except OperationalError as e:
-            raise ConfigError(f"auth.tokens.database: cannot open {self.safe_url()}: {e.orig}") from None
+        """Create the table; several server processes may do so at once on a new database."""
+        for attempt in range(10):
+            try:
+                with self.engine.begin() as conn:
+                    if self.engine.dialect.name == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(7426336)"))
+                    metadata.create_all(conn)
+                return
+            except OperationalError as e:
+                # SQLite: another process created the table between our check and our CREATE
+                if attempt == 9 or "already exists" not in str(e.orig):
+                    raise ConfigError(f"auth.tokens.database: cannot open {self.safe_url()}: {e.orig}") from None
+                time.sleep(0.05)
 
     def close(self) -> None:
         self.engine.dispose()
