@@ -8,7 +8,9 @@ for a cached result in a loop for a few seconds:
   anonymous   interceptor, no credentials, an anonymous cache-read grant
   basic       interceptor, Authorization: Basic (htpasswd, bcrypt cost 10; verified once, then remembered)
   token       interceptor, Authorization: Bearer gnr_... (SQLite lookup, cached for 5 s)
-  jwt         interceptor, Authorization: Bearer <RS256 JWT> (signature verified on every call)
+  jwt         interceptor, Authorization: Bearer <RS256 JWT> (verified once, then remembered until expiry)
+
+and then the time one call spends in authentication and the policy check alone (no gRPC).
 
     PYTHONPATH=src python3 bench/bench_auth.py [--seconds 3] [--only basic,token]
 """
@@ -53,27 +55,57 @@ def prepare(workdir: Path) -> dict[str, str]:
     }
 
 
+def bench_settings():
+    from granary.auth.settings import AuthSettings
+
+    return AuthSettings.model_validate({
+        "htpasswd": "htpasswd",
+        "tokens": {},
+        "jwt": {"issuer": "https://issuer.bench", "audience": "granary", "jwks_file": "jwks.json"},
+        "anonymous": [{"instance": "", "permissions": ["cache-read", "ac-write"]}],
+        "rules": [{"instance": "", "identities": ["bench"], "permissions": ["cache-read", "ac-write"]}],
+    })
+
+
+def per_call(workdir: Path, headers: dict[str, str], calls: int = 20_000) -> dict[str, float]:
+    """Microseconds per identify() + policy.check(), in process."""
+    from granary.auth.permissions import Permission
+    from granary.auth.settings import build_auth
+
+    runtime = build_auth(bench_settings(), workdir)
+
+    async def run() -> dict[str, float]:
+        out = {}
+        for mode in ("anonymous", "basic", "token", "jwt"):
+            md = (("authorization", headers[mode]),) if mode in headers else ()
+            await runtime.authenticator.identify(md)  # first use: bcrypt, SQL, signature
+            start = time.perf_counter()
+            for _ in range(calls):
+                who = await runtime.authenticator.identify(md)
+                runtime.policy.check(who, "team/linux", Permission.CACHE_READ)
+            out[mode] = (time.perf_counter() - start) / calls * 1e6
+        return out
+
+    try:
+        return asyncio.run(run())
+    finally:
+        runtime.close()
+
+
 def serve(mode: str, workdir: Path) -> None:
     import grpc
     import uvloop
     from authutil import memory_instances
 
     from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-    from granary.auth.settings import AuthSettings, build_auth
+    from granary.auth.settings import build_auth
     from granary.services.ac_service import ActionCacheService
     from granary.services.registry import add_servicer
 
     async def main() -> None:
         interceptors = []
         if mode != "no-auth":
-            settings = AuthSettings.model_validate({
-                "htpasswd": "htpasswd",
-                "tokens": {},
-                "jwt": {"issuer": "https://issuer.bench", "audience": "granary", "jwks_file": "jwks.json"},
-                "anonymous": [{"instance": "", "permissions": ["cache-read", "ac-write"]}],
-                "rules": [{"instance": "", "identities": ["bench"], "permissions": ["cache-read", "ac-write"]}],
-            })
-            interceptors.append(build_auth(settings, workdir).interceptor())
+            interceptors.append(build_auth(bench_settings(), workdir).interceptor())
         server = grpc.aio.server(interceptors=interceptors)
         add_servicer(server, ActionCacheService(memory_instances()), re_pb2.DESCRIPTOR.services_by_name["ActionCache"])
         port = server.add_insecure_port("127.0.0.1:0")
@@ -151,6 +183,9 @@ def main() -> int:
         baseline = best.get("no-auth") or max(best.values())
         for mode in modes:
             print(f"  {mode:10s} {best[mode]:8.0f} req/s   {best[mode] / baseline * 100:5.1f}% of no-auth", flush=True)
+        print("authentication + policy check alone, per call (in process, after the first call):")
+        for mode, us in per_call(workdir, headers).items():
+            print(f"  {mode:10s} {us:8.1f} us")
     return 0
 
 
