@@ -33,6 +33,12 @@ class PermissionDenied(GranaryError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class Unauthenticated(GranaryError):
+    """No credentials where they are needed, or credentials that do not check out."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class ResourceExhausted(GranaryError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
