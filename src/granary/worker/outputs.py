@@ -1,6 +1,8 @@
 """Collecting an action's outputs into an ActionResult and the blobs to upload.
 
-Output paths are relative to the working directory. Missing outputs are left
+Output paths are relative to the working directory; '.' is the working
+directory itself (captured as a whole tree) and '..' may climb towards, never
+above, the input root (see paths.join_output). Missing outputs are left
 out (the client decides whether that is an error). Symlinks are reported as
 symlinks, never followed; a path whose parent resolves outside the input
 root is refused so a sandboxed action cannot make the worker read host files.
@@ -118,8 +120,8 @@ class Collector:
 
     def _locate(self, working_directory: str, path: str) -> tuple[str, os.stat_result | None]:
         rel = join_output(working_directory, path, "output path")
-        full = os.path.join(self.root, rel)
-        if not inside(self.root, os.path.dirname(full)):
+        full = os.path.join(self.root, rel) if rel else self.root
+        if rel and not inside(self.root, os.path.dirname(full)):
             raise FailedPrecondition(f"output path {path!r} lies under a symlink pointing outside the input root")
         try:
             return full, os.lstat(full)

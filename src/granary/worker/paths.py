@@ -16,10 +16,10 @@ def check_name(name: str, what: str) -> str:
 
 
 def check_relative(path: str, what: str) -> str:
-    """A relative path (working directory, output path) that stays inside the root.
+    """A working directory: a relative path that stays inside the root.
 
     Returns it normalised ('' for the root itself). '..' is refused even when
-    it would come back inside: REAPI paths are plain downward paths.
+    it would come back inside: a working directory is a plain downward path.
     """
     if "\0" in path:
         raise InvalidArgument(f"{what}: invalid path {path!r}")
@@ -32,11 +32,32 @@ def check_relative(path: str, what: str) -> str:
 
 
 def join_output(working_directory: str, path: str, what: str) -> str:
-    """An output path (relative to the working directory) as a path relative to the input root."""
-    rel = check_relative(path, what)
-    if not rel:
-        raise InvalidArgument(f"{what}: output path {path!r} names the working directory itself")
-    return posixpath.join(working_directory, rel) if working_directory else rel
+    """An output path (relative to the working directory) as a normalised path relative to the input root.
+
+    '' is the input root itself. '.' names the working directory (REAPI: capture
+    the whole working directory), and '..' may climb out of the working
+    directory as long as it stays inside the input root: BuildStream asks for
+    its install directory as '../../../buildstream-install'. Absolute paths
+    and paths that climb above the input root are refused.
+    """
+    if "\0" in path:
+        raise InvalidArgument(f"{what}: invalid path {path!r}")
+    if path.startswith("/"):
+        raise InvalidArgument(f"{what}: path {path!r} must be relative to the working directory")
+    parts = [p for p in working_directory.split("/") if p]
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise InvalidArgument(
+                    f"{what}: path {path!r} climbs out of the input root through '..'"
+                    f" (working directory {working_directory or '.'!r})"
+                )
+            parts.pop()
+        else:
+            parts.append(part)
+    return "/".join(parts)
 
 
 def symlink_stays_inside(link_rel: str, target: str) -> bool:
