@@ -146,7 +146,7 @@ class ActionRun:
         root = work / "root"
         root.mkdir()
         input_root = dg.make_digest(function, action.input_root_digest.hash, action.input_root_digest.size_bytes)
-        materialise(self.ex.remote, self.ex.local, function, input_root, root)
+        layout = materialise(self.ex.remote, self.ex.local, function, input_root, root)
         cwd = self._prepare(root, command)
         self.meta.input_fetch_completed_timestamp.CopyFrom(now())
         self._check()
@@ -154,7 +154,12 @@ class ActionRun:
         env = {e.name: e.value for e in command.environment_variables}
         env.setdefault("PATH", DEFAULT_PATH)
         timeout = action.timeout.ToTimedelta().total_seconds() if action.HasField("timeout") else 0
-        argv = self.ex.sandbox.wrap(list(command.arguments), root, cwd)
+        if layout.is_filesystem_image():
+            rel_cwd = check_relative(command.working_directory, "working_directory")
+            argv = self.ex.sandbox.wrap_image(list(command.arguments), root, rel_cwd)
+            log.info("running %s with its input root as / (a filesystem image)", _short(action))
+        else:
+            argv = self.ex.sandbox.wrap(list(command.arguments), root, cwd)
         self.meta.execution_start_timestamp.CopyFrom(now())
         try:
             outcome = self.command_run.run(argv, env, cwd, work / "stdout", work / "stderr", timeout or None)
@@ -198,6 +203,11 @@ def _parse(cls, blob: bytes, what: str):
     except DecodeError:
         raise InvalidArgument(f"{what} is not a valid {cls.DESCRIPTOR.name} message") from None
     return msg
+
+
+def _short(action: re_pb2.Action) -> str:
+    d = action.command_digest
+    return f"command {d.hash[:12]}/{d.size_bytes}"
 
 
 def _proto(d: BlobDigest) -> re_pb2.Digest:

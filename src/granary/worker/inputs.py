@@ -2,7 +2,8 @@
 
 Every Directory is checked before anything touches the disk: names are single
 components, unique within their directory, and symlinks stay inside the
-input root. Files are hardlinked from the cache (read-only), directories are
+input root (relative targets only, also for filesystem images, so the worker
+never follows a link out of the root while preparing or collecting). Files are hardlinked from the cache (read-only), directories are
 created, symlinks come last; a final check resolves every symlink on disk.
 """
 
@@ -34,6 +35,22 @@ class Layout:
     directories: list[str] = field(default_factory=list)
     files: list[tuple[str, BlobDigest, bool]] = field(default_factory=list)  # path, digest, executable
     symlinks: list[tuple[str, str]] = field(default_factory=list)  # path, target
+
+    def is_filesystem_image(self) -> bool:
+        """Whether this input root is a whole filesystem, to be run as '/' (see sandbox.py).
+
+        BuildStream (like every client of buildbox-run-bubblewrap) stages a
+        complete sysroot and adds the empty directories dev, proc and tmp at its
+        top for the runner to mount /dev and /proc on. Empty dev *and* proc
+        mount points are that declaration; a Bazel input root only holds
+        directories that lead to inputs, so it never has them.
+        """
+        mounts = {"dev", "proc"}
+        if not mounts <= set(self.directories):
+            return False
+        under = tuple(f"{m}/" for m in mounts)
+        entries = [*self.directories, *(p for p, _, _ in self.files), *(p for p, _ in self.symlinks)]
+        return not any(p.startswith(under) for p in entries)
 
 
 def fetch_tree(remote: RemoteCas, function: int, root: BlobDigest) -> dict[BlobDigest, re_pb2.Directory]:
