@@ -15,8 +15,9 @@ so the worker must run the command with the input root as `/` (see
 granary/worker/sandbox.py: the input root holds the empty mount points dev
 and proc) and send back the working directory itself as output '.'.
 
-The sysroot is Debian's static busybox with its applet links, imported from a
-local directory: fully offline. The `manual` element builds in busybox sh
+The sysroot is Debian's static busybox with its applet links (and /usr/bin as
+an absolute symlink to /bin, as real sysroots have), imported from a local
+directory: fully offline. The `manual` element builds in busybox sh
 and installs a file made from its source, a pwd record, a probe of the host's
 /etc, and an executable script in a subdirectory.
 
@@ -59,7 +60,7 @@ sources:
   path: src
 config:
   build-commands:
-  - sed 's/world/granary/' greeting.in > greeting.txt
+  - /usr/bin/sed 's/world/granary/' greeting.in > greeting.txt
   install-commands:
   - mkdir -p %{install-root}/usr/share/hello %{install-root}/usr/bin
   - cp greeting.txt %{install-root}/usr/share/hello/greeting.txt
@@ -87,6 +88,8 @@ def make_project(root: Path) -> Path:
     shutil.copy2(BUSYBOX, bindir / "busybox")
     for applet in applets():
         os.symlink("busybox", bindir / applet)
+    (proj / "sysroot" / "usr").mkdir()
+    os.symlink("/bin", proj / "sysroot" / "usr" / "bin")  # absolute, as in real sysroots
     (proj / "src").mkdir()
     (proj / "src" / "greeting.in").write_text("hello world\n")
     (proj / "elements" / "base.bst").write_text("kind: import\nsources:\n- kind: local\n  path: sysroot\n")

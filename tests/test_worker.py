@@ -977,6 +977,53 @@ def test_filesystem_image_runs_with_the_input_root_as_slash(client, executor):
     assert install["ran"] == b"hi\n"
 
 
+def test_filesystem_image_symlinks_resolve_inside_the_image(client, executor):
+    # Absolute targets and '..' past the top are normal in a sysroot: the command reads them with the
+    # image as '/', and so does the worker when it makes output parents and collects outputs.
+    try:
+        executor.sandbox = make_sandbox("bwrap")
+    except ValueError as e:
+        pytest.skip(str(e))
+    probe = f"granary-probe-{uuid.uuid4().hex}"  # would appear in the host's / if the worker followed a link
+    root = _busybox_root({
+        "usr": {"bin": Link("/bin")},
+        probe: {"build": {"in.txt": b"in\n"}},
+        "wd": Link(f"/{probe}/build/../build"),
+        "lnk": Link(f"/{probe}/build"),
+        "up": Link("../../../.."),
+        "etc": {"localtime": Link("/usr/share/zoneinfo/UTC")},
+    })
+    script = "echo made > made.txt && echo gen > gen/f.txt && ls /up/ > /tmp/up.txt && pwd > where"
+    action = put_action(client, ["/usr/bin/sh", "-c", "-e", script], root, env={"PATH": "/bin"},
+                        working_directory="wd", output_paths=[".", "../lnk/gen/f.txt", "../etc/localtime"])
+    result, status = run_action(executor, action)
+    assert status.code == 0, status
+    assert result.exit_code == 0, client.bs_read(result.stderr_digest)
+    assert not os.path.exists("/" + probe)
+    (od,) = result.output_directories
+    assert od.path == "." and _tree_of(client, od) == {
+        "in.txt": b"in\n", "made.txt": b"made\n", "where": b"/wd\n", "gen": "dir", "gen/f.txt": b"gen\n"}
+    assert [(f.path, client.bs_read(f.digest)) for f in result.output_files] == [("../lnk/gen/f.txt", b"gen\n")]
+    assert [(s.path, s.target) for s in result.output_symlinks] == [("../etc/localtime", "/usr/share/zoneinfo/UTC")]
+
+
+def test_filesystem_image_output_parent_through_a_file_or_dangling_link_is_refused(client, executor):
+    try:
+        executor.sandbox = make_sandbox("bwrap")
+    except ValueError as e:
+        pytest.skip(str(e))
+    root = _busybox_root({"f": b"a file\n", "lf": Link("/f"), "dangling": Link("/nowhere/deeper")})
+    action = put_action(client, ["sh", "-c", "true"], root, env={"PATH": "/bin"}, output_paths=["lf/x/y"])
+    _, status = run_action(executor, action)
+    assert status.code == code_pb2.INVALID_ARGUMENT, status
+    assert "'lf/x'" in status.message and "'f'" in status.message and "not a directory" in status.message
+    # mkdir -p does not create what a symlink points at: neither does the worker.
+    action = put_action(client, ["sh", "-c", "true"], root, env={"PATH": "/bin"}, output_paths=["dangling/y"])
+    _, status = run_action(executor, action)
+    assert status.code == code_pb2.INVALID_ARGUMENT, status
+    assert "'dangling'" in status.message and "'/nowhere/deeper'" in status.message
+
+
 def test_filesystem_image_needs_the_bubblewrap_sandbox(client, executor):
     action = put_action(client, ["sh", "-c", "true"], _busybox_root(), env={"PATH": "/bin"})
     _, status = run_action(executor, action)  # the executor fixture runs plain processes

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 
 from granary.errors import InvalidArgument
+
+MAX_SYMLINKS = 40  # as Linux's path resolution
 
 
 def check_name(name: str, what: str) -> str:
@@ -87,3 +90,51 @@ def inside(root: str, path: str) -> bool:
     real_root = os.path.realpath(root)
     real = os.path.realpath(path)
     return real == real_root or real.startswith(real_root + os.sep)
+
+
+def resolve_in_root(root: str, rel: str, what: str, create: bool = False) -> str:
+    """The host path of `rel` as a command chrooted into `root` sees it (for filesystem images).
+
+    Symlinks are followed inside root only: an absolute target starts again
+    from root, '..' stops at root. Every component before the last one that
+    exists is a real directory under root, so the worker never follows a link
+    out of it. With create, missing directories of `rel` itself are made, as
+    `mkdir -p` in the image would; like it, a symlink whose target is missing
+    is an error. Without create, resolution stops at the first missing name.
+    """
+    todo = [(p, "") for p in rel.split("/") if p not in ("", ".")]  # (name, the link it comes from)
+    done: list[str] = []
+    links = 0
+    while todo:
+        part, via = todo.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        path = os.path.join(root, *done, part)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            if not create:
+                return os.path.join(root, *done, part, *(p for p, _ in todo))
+            if via:
+                raise InvalidArgument(f"{what}: {rel!r} goes through the symlink {via}, whose target is missing")
+            os.mkdir(path)
+            done.append(part)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise InvalidArgument(f"{what}: {rel!r} has too many levels of symbolic links")
+            target = os.readlink(path)
+            link = f"{'/'.join([*done, part])!r} -> {target!r}"
+            if target.startswith("/"):
+                done = []
+            todo = [(p, link) for p in target.split("/") if p not in ("", ".")] + todo
+            continue
+        if todo and not stat.S_ISDIR(st.st_mode):
+            raise InvalidArgument(
+                f"{what}: {rel!r} goes through {'/'.join([*done, part])!r}, which is not a directory"
+            )
+        done.append(part)
+    return os.path.join(root, *done)
