@@ -993,16 +993,19 @@ def test_filesystem_image_symlinks_resolve_inside_the_image(client, executor):
         "up": Link("../../../.."),
         "etc": {"localtime": Link("/usr/share/zoneinfo/UTC")},
     })
-    script = "echo made > made.txt && echo gen > gen/f.txt && ls /up/ > /tmp/up.txt && pwd > where"
+    script = ("echo made > made.txt && echo gen > gen/f.txt && ls /up/ > /tmp/up.txt && pwd > where"
+              " && rm -r gone /tmp/gone && echo not-a-dir > gone && echo not-a-dir > /tmp/gone")
     action = put_action(client, ["/usr/bin/sh", "-c", "-e", script], root, env={"PATH": "/bin"},
-                        working_directory="wd", output_paths=[".", "../lnk/gen/f.txt", "../etc/localtime"])
+                        working_directory="wd",
+                        output_paths=[".", "../lnk/gen/f.txt", "../etc/localtime", "../lnk/gone/x/y", "../up/tmp/gone/z"])
     result, status = run_action(executor, action)
     assert status.code == 0, status
     assert result.exit_code == 0, client.bs_read(result.stderr_digest)
     assert not os.path.exists("/" + probe)
     (od,) = result.output_directories
     assert od.path == "." and _tree_of(client, od) == {
-        "in.txt": b"in\n", "made.txt": b"made\n", "where": b"/wd\n", "gen": "dir", "gen/f.txt": b"gen\n"}
+        "in.txt": b"in\n", "made.txt": b"made\n", "where": b"/wd\n", "gen": "dir", "gen/f.txt": b"gen\n",
+        "gone": b"not-a-dir\n"}  # outputs under it are absent, not an error
     assert [(f.path, client.bs_read(f.digest)) for f in result.output_files] == [("../lnk/gen/f.txt", b"gen\n")]
     assert [(s.path, s.target) for s in result.output_symlinks] == [("../etc/localtime", "/usr/share/zoneinfo/UTC")]
 

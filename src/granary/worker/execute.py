@@ -158,7 +158,7 @@ class ActionRun:
             rel_cwd = check_relative(command.working_directory, "working_directory")
             argv = self.ex.sandbox.wrap_image(list(command.arguments), root, rel_cwd)
             cwd = root  # bubblewrap enters the working directory inside the image
-            log.info("running %s with its input root as / (a filesystem image)", _short(action))
+            log.info("command %s runs with its input root as / (a filesystem image)", action.command_digest.hash)
         else:
             argv = self.ex.sandbox.wrap(list(command.arguments), root, cwd)
         self.meta.execution_start_timestamp.CopyFrom(now())
@@ -213,11 +213,6 @@ def _parse(cls, blob: bytes, what: str):
     except DecodeError:
         raise InvalidArgument(f"{what} is not a valid {cls.DESCRIPTOR.name} message") from None
     return msg
-
-
-def _short(action: re_pb2.Action) -> str:
-    d = action.command_digest
-    return f"command {d.hash[:12]}/{d.size_bytes}"
 
 
 def _proto(d: BlobDigest) -> re_pb2.Digest:

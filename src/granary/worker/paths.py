@@ -100,7 +100,8 @@ def resolve_in_root(root: str, rel: str, what: str, create: bool = False) -> str
     exists is a real directory under root, so the worker never follows a link
     out of it. With create, missing directories of `rel` itself are made, as
     `mkdir -p` in the image would; like it, a symlink whose target is missing
-    is an error. Without create, resolution stops at the first missing name.
+    is an error. Without create, resolution stops at the first missing name or
+    non-directory, giving a path that lstat reports as absent.
     """
     todo = [(p, "") for p in rel.split("/") if p not in ("", ".")]  # (name, the link it comes from)
     done: list[str] = []
@@ -133,6 +134,8 @@ def resolve_in_root(root: str, rel: str, what: str, create: bool = False) -> str
             todo = [(p, link) for p in target.split("/") if p not in ("", ".")] + todo
             continue
         if todo and not stat.S_ISDIR(st.st_mode):
+            if not create:  # a path that cannot exist: lstat says so (ENOTDIR)
+                return os.path.join(root, *done, part, *(p for p, _ in todo))
             raise InvalidArgument(
                 f"{what}: {rel!r} goes through {'/'.join([*done, part])!r}, which is not a directory"
             )

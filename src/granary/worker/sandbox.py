@@ -12,7 +12,7 @@ An input root is run in one of two layouts:
   as buildbox-run-bubblewrap expects): the input root *is* `/`. Nothing of the
   host is visible; bubblewrap mounts a fresh /proc and a minimal /dev on the
   image's own mount points. An input root says it is one by holding the empty
-  directories `dev` and `proc` at its top (inputs.Layout.is_filesystem_image).
+  directories `dev` and `proc` at its top (inputs.is_filesystem_image).
   Plain processes cannot do this (it needs a mount namespace).
 
 Both layouts get no network (when the host allows a network namespace), their
