@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from busybox import BUSYBOX, applets, static_busybox
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2
 from reapi import Client, digest, re_pb2
@@ -874,3 +875,169 @@ def test_e2e_cancel_operation_kills_the_command(farm):
         time.sleep(0.1)
     else:
         raise AssertionError("the cancelled command is still running")
+
+
+# ---- output path '.' and input roots that are a whole filesystem (BuildStream) ---------
+
+
+def _tree_of(client, od) -> dict[str, object]:
+    """path -> bytes (file), ("x", bytes) (executable file) or "dir", from an OutputDirectory's Tree."""
+    tree = re_pb2.Tree.FromString(client.bs_read(od.tree_digest))
+    assert client.bs_read(od.root_directory_digest) == tree.root.SerializeToString(deterministic=True)
+    children = {digest(c.SerializeToString(deterministic=True)).hash: c for c in tree.children}
+    out: dict[str, object] = {}
+
+    def walk(d: re_pb2.Directory, prefix: str) -> None:
+        for f in d.files:
+            data = client.bs_read(f.digest) if f.digest.size_bytes else b""
+            out[prefix + f.name] = ("x", data) if f.is_executable else data
+        for s in d.directories:
+            out[prefix + s.name] = "dir"
+            walk(children[s.digest.hash], prefix + s.name + "/")
+
+    walk(tree.root, "")
+    return out
+
+
+def test_output_path_dot_captures_the_working_directory(client, executor):
+    # What BuildStream sends: its build directory as working directory and output '.', plus the
+    # install directory reached through '..' (still inside the input root).
+    action = put_action(
+        client,
+        ["sh", "-c", "echo built > made.txt && mkdir -p ../../install/sub && echo i > ../../install/sub/i.txt"],
+        {"src": {"pkg": {"in.txt": b"source\n"}}},
+        working_directory="src/pkg",
+        output_paths=[".", "../../install"],
+    )
+    result, status = run_action(executor, action)
+    assert status.code == 0, status
+    assert result.exit_code == 0, client.bs_read(result.stderr_digest)
+    dirs = {od.path: od for od in result.output_directories}
+    assert set(dirs) == {".", "../../install"}
+    assert _tree_of(client, dirs["."]) == {"in.txt": b"source\n", "made.txt": b"built\n"}
+    assert _tree_of(client, dirs["../../install"]) == {"sub": "dir", "sub/i.txt": b"i\n"}
+    # The legacy field means the same.
+    legacy = put_action(client, ["sh", "-c", "echo x > x"], working_directory="w", output_directories=["."],
+                        inputs={"w": {}})
+    result, status = run_action(executor, legacy)
+    assert status.code == 0, status
+    (od,) = result.output_directories
+    assert od.path == "." and _tree_of(client, od) == {"x": b"x\n"}
+
+
+@pytest.mark.parametrize(("wd", "path", "why"), [
+    ("", "..", "'..'"),
+    ("a", "../../x", "'..'"),
+    ("a/b", "../c/../../../x", "'..'"),
+    ("a", "/etc", "relative"),
+])
+def test_output_paths_leaving_the_input_root_are_refused(client, executor, wd, path, why):
+    action = put_action(client, ["true"], {"a": {"b": {}}}, working_directory=wd, output_paths=[path])
+    _, status = run_action(executor, action)
+    assert status.code == code_pb2.INVALID_ARGUMENT, status
+    assert repr(path) in status.message and why in status.message
+
+
+def _busybox_root(extra: dict | None = None) -> dict:
+    """A whole filesystem as BuildStream stages it: a static busybox with its applet links, and the
+    empty mount points dev, proc and tmp."""
+    if not static_busybox():
+        pytest.skip("busybox-static is not installed (apt-get install busybox-static)")
+    with open(BUSYBOX, "rb") as f:
+        bb = f.read()
+    bin_dir: dict = {"busybox": Exe(bb), **{a: Link("busybox") for a in applets()}}
+    return {"bin": bin_dir, "dev": {}, "proc": {}, "tmp": {}, **(extra or {})}
+
+
+def test_filesystem_image_runs_with_the_input_root_as_slash(client, executor):
+    try:
+        executor.sandbox = make_sandbox("bwrap")
+    except ValueError as e:
+        pytest.skip(str(e))
+    script = ("pwd > where; ls / > /install/top; echo $PATH > /install/path; "
+              "[ -e /usr ] && echo host-usr > /install/usr || echo no-usr > /install/usr; "
+              "mkdir /install/sub && printf '#!/bin/sh\\necho hi\\n' > /install/sub/run.sh && "
+              "chmod 755 /install/sub/run.sh && /install/sub/run.sh > /install/ran && ls /proc/self > /dev/null")
+    action = put_action(
+        client, ["sh", "-c", "-e", script],
+        _busybox_root({"build": {"elem": {"src.c": b"int x;\n"}}, "install": {}}),
+        env={"PATH": "/usr/bin:/bin"},
+        working_directory="build/elem",
+        output_paths=[".", "../../install"],
+    )
+    result, status = run_action(executor, action)
+    assert status.code == 0, status
+    assert result.exit_code == 0, client.bs_read(result.stderr_digest)
+    dirs = {od.path: _tree_of(client, od) for od in result.output_directories}
+    assert dirs["."] == {"src.c": b"int x;\n", "where": b"/build/elem\n"}
+    install = dirs["../../install"]
+    assert install["top"].split() == [b"bin", b"build", b"dev", b"install", b"proc", b"tmp"]
+    assert install["usr"] == b"no-usr\n"  # nothing of the host's system is visible
+    assert install["sub/run.sh"] == ("x", b"#!/bin/sh\necho hi\n")
+    assert install["ran"] == b"hi\n"
+
+
+def test_filesystem_image_symlinks_resolve_inside_the_image(client, executor):
+    # Absolute targets and '..' past the top are normal in a sysroot: the command reads them with the
+    # image as '/', and so does the worker when it makes output parents and collects outputs.
+    try:
+        executor.sandbox = make_sandbox("bwrap")
+    except ValueError as e:
+        pytest.skip(str(e))
+    probe = f"granary-probe-{uuid.uuid4().hex}"  # would appear in the host's / if the worker followed a link
+    root = _busybox_root({
+        "usr": {"bin": Link("/bin")},
+        probe: {"build": {"in.txt": b"in\n"}},
+        "wd": Link(f"/{probe}/build/../build"),
+        "lnk": Link(f"/{probe}/build"),
+        "up": Link("../../../.."),
+        "etc": {"localtime": Link("/usr/share/zoneinfo/UTC")},
+    })
+    script = ("echo made > made.txt && echo gen > gen/f.txt && ls /up/ > /tmp/up.txt && pwd > where"
+              " && rm -r gone /tmp/gone && echo not-a-dir > gone && echo not-a-dir > /tmp/gone")
+    action = put_action(client, ["/usr/bin/sh", "-c", "-e", script], root, env={"PATH": "/bin"},
+                        working_directory="wd",
+                        output_paths=[".", "../lnk/gen/f.txt", "../etc/localtime", "../lnk/gone/x/y", "../up/tmp/gone/z"])
+    result, status = run_action(executor, action)
+    assert status.code == 0, status
+    assert result.exit_code == 0, client.bs_read(result.stderr_digest)
+    assert not os.path.exists("/" + probe)
+    (od,) = result.output_directories
+    assert od.path == "." and _tree_of(client, od) == {
+        "in.txt": b"in\n", "made.txt": b"made\n", "where": b"/wd\n", "gen": "dir", "gen/f.txt": b"gen\n",
+        "gone": b"not-a-dir\n"}  # outputs under it are absent, not an error
+    assert [(f.path, client.bs_read(f.digest)) for f in result.output_files] == [("../lnk/gen/f.txt", b"gen\n")]
+    assert [(s.path, s.target) for s in result.output_symlinks] == [("../etc/localtime", "/usr/share/zoneinfo/UTC")]
+
+
+def test_filesystem_image_output_parent_through_a_file_or_dangling_link_is_refused(client, executor):
+    try:
+        executor.sandbox = make_sandbox("bwrap")
+    except ValueError as e:
+        pytest.skip(str(e))
+    root = _busybox_root({"f": b"a file\n", "lf": Link("/f"), "dangling": Link("/nowhere/deeper")})
+    action = put_action(client, ["sh", "-c", "true"], root, env={"PATH": "/bin"}, output_paths=["lf/x/y"])
+    _, status = run_action(executor, action)
+    assert status.code == code_pb2.INVALID_ARGUMENT, status
+    assert "'lf/x'" in status.message and "'f'" in status.message and "not a directory" in status.message
+    # mkdir -p does not create what a symlink points at: neither does the worker.
+    action = put_action(client, ["sh", "-c", "true"], root, env={"PATH": "/bin"}, output_paths=["dangling/y"])
+    _, status = run_action(executor, action)
+    assert status.code == code_pb2.INVALID_ARGUMENT, status
+    assert "'dangling'" in status.message and "'/nowhere/deeper'" in status.message
+
+
+def test_filesystem_image_needs_the_bubblewrap_sandbox(client, executor):
+    action = put_action(client, ["sh", "-c", "true"], _busybox_root(), env={"PATH": "/bin"})
+    _, status = run_action(executor, action)  # the executor fixture runs plain processes
+    assert status.code == code_pb2.FAILED_PRECONDITION, status
+    assert "bubblewrap" in status.message and "'dev'" in status.message
+
+
+def test_input_root_with_populated_dev_runs_with_host_tools(client, executor):
+    # Only *empty* dev and proc mark a filesystem image: a Bazel package named dev stays a package.
+    action = put_action(client, ["sh", "-c", "cat dev/f > out"], {"dev": {"f": b"pkg\n"}, "proc": {}},
+                        output_files=["out"])
+    result, status = run_action(executor, action)
+    assert status.code == 0 and result.exit_code == 0, status
+    assert client.bs_read(result.output_files[0].digest) == b"pkg\n"

@@ -29,7 +29,7 @@ from granary.services.status import rich_status
 from granary.worker.inputs import materialise
 from granary.worker.local_cas import LocalCas
 from granary.worker.outputs import Collector, collect, output_parents
-from granary.worker.paths import check_relative, inside
+from granary.worker.paths import check_relative, inside, resolve_in_root
 from granary.worker.process import Command, CommandCancelled
 from granary.worker.remote_cas import MissingBlobs, RemoteCas, UploadError
 from granary.worker.sandbox import Sandbox
@@ -146,15 +146,21 @@ class ActionRun:
         root = work / "root"
         root.mkdir()
         input_root = dg.make_digest(function, action.input_root_digest.hash, action.input_root_digest.size_bytes)
-        materialise(self.ex.remote, self.ex.local, function, input_root, root)
-        cwd = self._prepare(root, command)
+        layout = materialise(self.ex.remote, self.ex.local, function, input_root, root)
+        cwd = self._prepare(root, command, layout.filesystem_image)
         self.meta.input_fetch_completed_timestamp.CopyFrom(now())
         self._check()
 
         env = {e.name: e.value for e in command.environment_variables}
         env.setdefault("PATH", DEFAULT_PATH)
         timeout = action.timeout.ToTimedelta().total_seconds() if action.HasField("timeout") else 0
-        argv = self.ex.sandbox.wrap(list(command.arguments), root, cwd)
+        if layout.filesystem_image:
+            rel_cwd = check_relative(command.working_directory, "working_directory")
+            argv = self.ex.sandbox.wrap_image(list(command.arguments), root, rel_cwd)
+            cwd = root  # bubblewrap enters the working directory inside the image
+            log.info("command %s runs with its input root as / (a filesystem image)", action.command_digest.hash)
+        else:
+            argv = self.ex.sandbox.wrap(list(command.arguments), root, cwd)
         self.meta.execution_start_timestamp.CopyFrom(now())
         try:
             outcome = self.command_run.run(argv, env, cwd, work / "stdout", work / "stderr", timeout or None)
@@ -165,7 +171,7 @@ class ActionRun:
         self._check()
 
         self.meta.output_upload_start_timestamp.CopyFrom(now())
-        collected = collect(root, command, function)
+        collected = collect(root, command, function, layout.filesystem_image)
         self.result.MergeFrom(collected.result)
         self.result.exit_code = outcome.exit_code
         std = Collector(work, function)
@@ -178,11 +184,20 @@ class ActionRun:
                                      message=f"action timed out after {timeout:g}s; its process group was killed")
         return status_pb2.Status(code=0)
 
-    def _prepare(self, root: Path, command: re_pb2.Command) -> Path:
-        """Working directory and output parents, created inside the input root."""
+    def _prepare(self, root: Path, command: re_pb2.Command, filesystem_image: bool) -> Path:
+        """Working directory and output parents, created inside the input root.
+
+        In a filesystem image they are made as `mkdir -p` inside the image
+        would (symlinks resolved with the image as '/'); otherwise a path that
+        resolves outside the input root through a symlink is refused.
+        """
         wd = check_relative(command.working_directory, "working_directory")
         for rel in [wd, *output_parents(command)]:
             if not rel:
+                continue
+            if filesystem_image:
+                what = "working_directory" if rel == wd else "output path parent"
+                resolve_in_root(str(root), rel, what, create=True)
                 continue
             path = root / rel
             path.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,10 @@
 
 Every Directory is checked before anything touches the disk: names are single
 components, unique within their directory, and symlinks stay inside the
-input root. Files are hardlinked from the cache (read-only), directories are
-created, symlinks come last; a final check resolves every symlink on disk.
+input root: relative targets that never climb above it, except in a
+filesystem image, where every target is read with the image as '/'. Files
+are hardlinked from the cache (read-only), directories are created, symlinks
+come last; a final check resolves every symlink on disk (host-tools roots).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Layout:
     directories: list[str] = field(default_factory=list)
     files: list[tuple[str, BlobDigest, bool]] = field(default_factory=list)  # path, digest, executable
     symlinks: list[tuple[str, str]] = field(default_factory=list)  # path, target
+    filesystem_image: bool = False  # run with the input root as '/' (see is_filesystem_image)
 
 
 def fetch_tree(remote: RemoteCas, function: int, root: BlobDigest) -> dict[BlobDigest, re_pb2.Directory]:
@@ -58,6 +61,28 @@ def fetch_tree(remote: RemoteCas, function: int, root: BlobDigest) -> dict[BlobD
     return tree
 
 
+MOUNT_POINTS = ("dev", "proc")
+
+
+def is_filesystem_image(tree: dict[BlobDigest, re_pb2.Directory], function: int, root: BlobDigest) -> bool:
+    """Whether an input root is a whole filesystem, to be run as '/' (see sandbox.py).
+
+    BuildStream (like every client of buildbox-run-bubblewrap) stages a
+    complete sysroot and adds the empty directories dev, proc and tmp at its
+    top for the runner to mount /dev and /proc on. Empty dev *and* proc mount
+    points are that declaration; a Bazel input root only holds directories
+    that lead to inputs, so it never has them.
+    """
+    children = {c.name: from_proto(function, c.digest) for c in tree[root].directories}
+    for name in MOUNT_POINTS:
+        if name not in children:
+            return False
+        d = tree[children[name]]
+        if d.files or d.directories or d.symlinks:
+            return False
+    return True
+
+
 class _Names:
     """Names of one directory: single components, each used once."""
 
@@ -75,8 +100,15 @@ class _Names:
 
 
 def layout(tree: dict[BlobDigest, re_pb2.Directory], function: int, root: BlobDigest) -> Layout:
-    """Walk the tree into a Layout, refusing anything that could escape the root."""
-    out = Layout()
+    """Walk the tree into a Layout, refusing anything that could escape the root.
+
+    In a filesystem image a symlink is read by the sandboxed command with the
+    image as '/': an absolute target or a '..' past the top stays inside (as
+    in a chroot), and the worker resolves such links the same way when it
+    prepares directories and collects outputs (paths.resolve_in_root). So only
+    the target's form is checked there.
+    """
+    out = Layout(filesystem_image=is_filesystem_image(tree, function, root))
     stack: list[tuple[str, BlobDigest, int]] = [("", root, 0)]
     while stack:
         prefix, d, depth = stack.pop()
@@ -88,7 +120,10 @@ def layout(tree: dict[BlobDigest, re_pb2.Directory], function: int, root: BlobDi
             out.files.append((names.add(f.name), from_proto(function, f.digest), f.is_executable))
         for s in msg.symlinks:
             path = names.add(s.name)
-            if not symlink_stays_inside(path, s.target):
+            if out.filesystem_image:
+                if not s.target or "\0" in s.target:
+                    raise InvalidArgument(f"input symlink {path!r} has an invalid target {s.target!r}")
+            elif not symlink_stays_inside(path, s.target):
                 raise InvalidArgument(f"input symlink {path!r} -> {s.target!r} points outside the input root")
             out.symlinks.append((path, s.target))
         for c in msg.directories:
@@ -169,7 +204,7 @@ def materialise(remote: RemoteCas, local: LocalCas, function: int, root_digest: 
                     raise MissingBlobs([d], "input file (evicted while materialising)")
     for rel, target in lay.symlinks:
         os.symlink(target, os.path.join(dest, rel))
-    for rel, target in lay.symlinks:
+    for rel, target in [] if lay.filesystem_image else lay.symlinks:
         if not inside(str(dest), os.path.join(dest, rel)):
             raise InvalidArgument(f"input symlink {rel!r} -> {target!r} resolves outside the input root")
     return lay

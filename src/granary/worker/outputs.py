@@ -1,6 +1,8 @@
 """Collecting an action's outputs into an ActionResult and the blobs to upload.
 
-Output paths are relative to the working directory. Missing outputs are left
+Output paths are relative to the working directory; '.' is the working
+directory itself (captured as a whole tree) and '..' may climb towards, never
+above, the input root (see paths.join_output). Missing outputs are left
 out (the client decides whether that is an error). Symlinks are reported as
 symlinks, never followed; a path whose parent resolves outside the input
 root is refused so a sandboxed action cannot make the worker read host files.
@@ -21,7 +23,7 @@ from granary import digest as dg
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from granary.digest import BlobDigest
 from granary.errors import FailedPrecondition
-from granary.worker.paths import check_relative, inside, join_output
+from granary.worker.paths import check_relative, inside, join_output, resolve_in_root
 from granary.worker.remote_cas import to_proto
 
 HASH_CHUNK = 1 << 20
@@ -58,9 +60,11 @@ def hash_file(function: int, path: str) -> BlobDigest:
 
 
 class Collector:
-    def __init__(self, root: Path, function: int, node_properties: list[str] | None = None):
+    def __init__(self, root: Path, function: int, node_properties: list[str] | None = None,
+                 filesystem_image: bool = False):
         self.root = str(root)
         self.function = function
+        self.filesystem_image = filesystem_image
         self.want = set(node_properties or ())
         self.out = Collected()
 
@@ -118,9 +122,16 @@ class Collector:
 
     def _locate(self, working_directory: str, path: str) -> tuple[str, os.stat_result | None]:
         rel = join_output(working_directory, path, "output path")
-        full = os.path.join(self.root, rel)
-        if not inside(self.root, os.path.dirname(full)):
-            raise FailedPrecondition(f"output path {path!r} lies under a symlink pointing outside the input root")
+        if self.filesystem_image:  # links resolve inside the image, as the command saw them
+            parent, _, name = rel.rpartition("/")
+            if path.split("/")[-1] in ("", ".", ".."):  # names a directory: the one the command saw
+                full = resolve_in_root(self.root, rel, "output path")
+            else:  # the last component is reported as it is (a symlink stays a symlink)
+                full = os.path.join(resolve_in_root(self.root, parent, "output path"), name)
+        else:
+            full = os.path.join(self.root, rel) if rel else self.root
+            if rel and not inside(self.root, os.path.dirname(full)):
+                raise FailedPrecondition(f"output path {path!r} lies under a symlink pointing outside the input root")
         try:
             return full, os.lstat(full)
         except (FileNotFoundError, NotADirectoryError):
@@ -144,10 +155,10 @@ class Collector:
         )
 
 
-def collect(root: Path, command: re_pb2.Command, function: int) -> Collected:
+def collect(root: Path, command: re_pb2.Command, function: int, filesystem_image: bool = False) -> Collected:
     """Outputs of a finished command, per the Command's output_paths (or legacy fields)."""
     wd = check_relative(command.working_directory, "working_directory")
-    c = Collector(root, function, list(command.output_node_properties))
+    c = Collector(root, function, list(command.output_node_properties), filesystem_image)
     result = c.out.result
     if command.output_paths:
         for p in command.output_paths:

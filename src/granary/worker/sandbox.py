@@ -1,10 +1,22 @@
 """How a command is wrapped: a plain process, or bubblewrap.
 
-Under bubblewrap the action sees a read-only view of the system (/usr, /etc,
-/bin, /lib*, ... as they are on the host, symlinks kept), a private /tmp,
-/proc and /dev, no network (when the host allows a network namespace), its
-own PID namespace, and its input root bound read-write at the same path as
-on the host. --die-with-parent ties it to the worker.
+An input root is run in one of two layouts:
+
+* host tools (Bazel and most REAPI clients): the input root is a directory
+  somewhere on the host and the command uses the host's programs. Under
+  bubblewrap the action sees a read-only view of the system (/usr, /etc,
+  /bin, /lib*, ... as they are on the host, symlinks kept), a private /tmp,
+  /proc and /dev, and its input root bound read-write at the same path as on
+  the host.
+* filesystem image (BuildStream, and any client that stages a whole sysroot,
+  as buildbox-run-bubblewrap expects): the input root *is* `/`. Nothing of the
+  host is visible; bubblewrap mounts a fresh /proc and a minimal /dev on the
+  image's own mount points. An input root says it is one by holding the empty
+  directories `dev` and `proc` at its top (inputs.is_filesystem_image).
+  Plain processes cannot do this (it needs a mount namespace).
+
+Both layouts get no network (when the host allows a network namespace), their
+own PID, IPC and UTS namespaces, and --die-with-parent ties them to the worker.
 """
 
 from __future__ import annotations
@@ -17,6 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from granary.errors import FailedPrecondition
+
 log = logging.getLogger("granary.worker.sandbox")
 
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
@@ -25,7 +39,13 @@ SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", 
 class Sandbox(Protocol):
     name: str
 
-    def wrap(self, argv: list[str], root: Path, cwd: Path) -> list[str]: ...
+    def wrap(self, argv: list[str], root: Path, cwd: Path) -> list[str]:
+        """Host tools: the input root at its host path, cwd a host path inside it."""
+        ...
+
+    def wrap_image(self, argv: list[str], root: Path, cwd: str) -> list[str]:
+        """Filesystem image: root becomes '/', cwd is relative to it ('' for '/')."""
+        ...
 
 
 class NoSandbox:
@@ -33,6 +53,13 @@ class NoSandbox:
 
     def wrap(self, argv: list[str], root: Path, cwd: Path) -> list[str]:
         return argv
+
+    def wrap_image(self, argv: list[str], root: Path, cwd: str) -> list[str]:
+        raise FailedPrecondition(
+            "the input root is a whole filesystem (it holds the empty mount points 'dev' and 'proc'), so the"
+            " action must run with it as '/', which needs the bubblewrap sandbox; this worker runs actions as"
+            " plain processes (start it with --sandbox=bwrap where bubblewrap works)"
+        )
 
 
 class Bubblewrap:
@@ -52,12 +79,28 @@ class Bubblewrap:
                 args += ["--ro-bind", p, p]
         return args
 
-    def wrap(self, argv: list[str], root: Path, cwd: Path) -> list[str]:
+    def _namespaces(self) -> list[str]:
         return [
             self.bwrap,
             "--die-with-parent",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             *(["--unshare-net"] if self.unshare_net else []),
+        ]
+
+    def wrap_image(self, argv: list[str], root: Path, cwd: str) -> list[str]:
+        return [
+            *self._namespaces(),
+            "--bind", str(root), "/",
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--chdir", "/" + cwd,
+            "--",
+            *argv,
+        ]
+
+    def wrap(self, argv: list[str], root: Path, cwd: Path) -> list[str]:
+        return [
+            *self._namespaces(),
             *self._system(),
             "--proc", "/proc",
             "--dev", "/dev",
