@@ -12,6 +12,7 @@ from granary.cleanup import Janitor
 from granary.config import Config, InstanceSpec, StoreSpec
 from granary.execution.farm import ExecutionFarm, database_url
 from granary.execution.scheduler import ExecutionInstance, execution_capabilities
+from granary.extras import require_database
 from granary.instance import WILDCARD, Instance, Instances
 from granary.storage_builder import StoreBuilder
 
@@ -95,6 +96,7 @@ def build_app(cfg: Config) -> App:
     instances = Instances(exact, wildcard)
     farm = None
     if cfg.execution is not None and any(s.execution for s in cfg.instances.values()):
+        require_database(database_url(cfg), "execution.database", notify=True)
         farm = ExecutionFarm(cfg.execution, database_url(cfg), instances)
     return App(
         instances, cas_by_store, list(blob_stores.values()), list(ac_stores.values()), farm,

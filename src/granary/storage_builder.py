@@ -11,32 +11,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from granary.actioncache.redis import RedisActionCacheStore
 from granary.actioncache.remote import RemoteActionCacheStore
-from granary.actioncache.s3 import S3ActionCacheStore
 from granary.actioncache.sql import SqlActionCacheStore
 from granary.actioncache.store import ActionCacheStore, MemoryActionCacheStore, SqliteActionCacheStore
 from granary.cas.blobstore import BlobStore
 from granary.cas.disk import DiskBlobStore
 from granary.cas.indexed import IndexedBlobStore
 from granary.cas.memory import MemoryBlobStore
-from granary.cas.redis import RedisBlobStore
 from granary.cas.remote import RemoteBlobStore
-from granary.cas.s3 import S3BlobStore
 from granary.cas.sharded import ShardedBlobStore
 from granary.cas.sizesplit import SizeSplitBlobStore
 from granary.cas.tiered import TieredBlobStore
 from granary.cleanup import Janitor
 from granary.config import Config, StoreRef, StoreSpec
 from granary.errors import ConfigError
+from granary.extras import require_store
 from granary.instance import WILDCARD as WILDCARD_INSTANCE
 from granary.remote_endpoint import RemoteEndpoint
-from granary.s3_client import S3Connection
 from granary.sql import make_engine, resolve_url
+
+if TYPE_CHECKING:
+    from granary.s3_client import S3Connection
 
 T = TypeVar("T")
 
@@ -78,6 +77,7 @@ class StoreBuilder:
 
     def _make(self, spec: StoreSpec) -> BlobStore:
         o, cfg = spec.options, self.cfg
+        require_store(spec.type, o, spec.where)  # Redis, S3 and PostgreSQL are extras, imported only here
         children: list[BlobStore] = []
 
         def child(s: StoreSpec | StoreRef) -> BlobStore:
@@ -93,11 +93,15 @@ class StoreBuilder:
                 cfg.resolve_path(o["path"]), o["max_size"], pack_max_blob=o["pack_max_blob"], fsync=o["fsync"]
             )
         elif spec.type == "redis":
+            from granary.cas.redis import RedisBlobStore
+
             store = RedisBlobStore(
                 o["url"], prefix=o["prefix"], max_blob_size=o["max_blob_size"], ttl=int(o["ttl"]),
                 max_connections=o["max_connections"],
             )
         elif spec.type == "s3":
+            from granary.cas.s3 import S3BlobStore
+
             store = S3BlobStore(s3_connection(o), prefix=o["prefix"], part_size=o["part_size"],
                                 concurrency=o["concurrency"])
         elif spec.type == "remote":
@@ -134,6 +138,7 @@ class StoreBuilder:
 
     def ac_store(self, spec: StoreSpec) -> ActionCacheStore:
         o, cfg = spec.options, self.cfg
+        require_store(spec.type, o, spec.where)
         store: ActionCacheStore
         if spec.type == "memory":
             store = MemoryActionCacheStore(o["max_entries"])
@@ -142,9 +147,13 @@ class StoreBuilder:
         elif spec.type == "sqlite":
             store = SqliteActionCacheStore(cfg.resolve_path(o["path"]), o["max_entries"])
         elif spec.type == "redis":
+            from granary.actioncache.redis import RedisActionCacheStore
+
             store = RedisActionCacheStore(o["url"], prefix=o["prefix"], max_age=int(o["max_age"]),
                                           max_connections=o["max_connections"])
         elif spec.type == "s3":
+            from granary.actioncache.s3 import S3ActionCacheStore
+
             store = S3ActionCacheStore(s3_connection(o), prefix=o["prefix"], max_age=int(o["max_age"]))
         elif spec.type == "sql":
             store = _open_db(spec.where, lambda: SqlActionCacheStore(
@@ -200,6 +209,8 @@ def _open_db(where: str, make: Callable[[], T]) -> T:
 
 
 def s3_connection(o: dict) -> S3Connection:
+    from granary.s3_client import S3Connection
+
     return S3Connection(
         bucket=o["bucket"], endpoint_url=o["endpoint_url"], region=o["region"],
         access_key_id=o["access_key_id"], secret_access_key=o["secret_access_key"],
