@@ -23,6 +23,7 @@ from granary.execution.jobqueue import JobQueue
 from granary.execution.notifier import Notifier
 from granary.execution.operations import COMPLETED, EXECUTING
 from granary.execution.platform import Capabilities
+from granary.execution.resultcheck import RefusedResult, check_result
 from granary.execution.scheduler import Scheduler, execution_of
 from granary.instance import Instance, Instances
 
@@ -193,6 +194,16 @@ class BotSessions:
         status = lease.status if lease.HasField("status") else status_pb2.Status(code=code_pb2.OK)
         if result is None and status.code == code_pb2.OK:
             status = status_pb2.Status(code=code_pb2.INTERNAL, message="the worker reported no ActionResult")
+        inst = self.instances.get(job["instance"])
+        if result is not None:
+            try:
+                await check_result(inst.cas, result, job["digest_function"])
+            except RefusedResult as e:
+                log.warning("job %s: refused the result of worker %s: %s", job["name"], bot_name, e.message)
+                result = None
+                status = status_pb2.Status(
+                    code=code_pb2.INTERNAL, message=f"the worker's result was refused: {e.message}"
+                )
         response = re_pb2.ExecuteResponse(status=status)
         if result is not None:
             meta = result.execution_metadata
@@ -201,7 +212,6 @@ class BotSessions:
             if not meta.worker:
                 meta.worker = job["worker"] or bot_name
             response.result.CopyFrom(result)
-            inst = self.instances.get(job["instance"])
             cacheable = (
                 status.code == code_pb2.OK
                 and not job["do_not_cache"]
