@@ -318,11 +318,28 @@ class JobQueue:
             rows = conn.execute(select(jobs).where(jobs.c.bot_name == bot_name)).mappings().all()
         return {r["name"]: r for r in rows}
 
-    def assign(self, bot_name: str, worker: str, queue: str, caps: Capabilities, n: int, now: float) -> list[RowMapping]:
-        """Give up to n queued jobs this bot can run, most urgent (then oldest) first."""
+    def assign(
+        self, bot_name: str, worker: str, queue: str, caps: Capabilities, n: int, now: float,
+        limit: int | None = None,
+    ) -> list[RowMapping]:
+        """Give up to n queued jobs this bot can run, most urgent (then oldest) first.
+
+        With `limit`, the session never holds more than `limit` unfinished jobs, counted
+        in the same transaction (several calls for one session at once cannot exceed it).
+        """
         if n <= 0:
             return []
         with self.engine.begin() as conn:
+            if limit is not None:
+                if self.is_postgres:  # serialise the session's own concurrent calls
+                    conn.execute(select(bots.c.name).where(bots.c.name == bot_name).with_for_update())
+                held = conn.execute(
+                    select(func.count()).select_from(jobs)
+                    .where(jobs.c.bot_name == bot_name, jobs.c.stage != COMPLETED)
+                ).scalar_one()
+                n = min(n, limit - held)
+                if n <= 0:
+                    return []
             waiting = and_(jobs.c.queue == queue, jobs.c.stage == QUEUED, jobs.c.bot_name.is_(None))
             keys = conn.execute(select(jobs.c.platform_key).where(waiting).distinct()).scalars().all()
             usable = [k for k in keys if self._satisfies(caps, k)]
