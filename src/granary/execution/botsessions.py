@@ -173,11 +173,15 @@ class BotSessions:
                 await self._requeue(lease_id, name, "the worker gave the lease back", now)
                 acted = True
             elif state == leases.ACTIVE:
-                pending = job["lease_state"] == leases.PENDING
-                if pending and await self.queue.run(self.queue.mark_active, lease_id, name, now):
+                if job["lease_state"] != leases.PENDING:
+                    out.append(bots_pb2.Lease(id=lease_id, state=leases.ACTIVE))
+                elif await self.queue.run(self.queue.mark_active, lease_id, name, now):
                     self.notifier.job_changed(lease_id)
+                    out.append(bots_pb2.Lease(id=lease_id, state=leases.ACTIVE))
                     acted = True
-                out.append(bots_pb2.Lease(id=lease_id, state=leases.ACTIVE))
+                else:  # taken back meanwhile (not acknowledged in time, or cancelled): it must not run
+                    out.append(bots_pb2.Lease(id=lease_id, state=leases.CANCELLED))
+                    acted = True
             else:
                 out.append(self._offer(job))
         for job_name, job in held.items():  # the bot did not mention these
