@@ -12,9 +12,9 @@ The server runs with the defaults of those two settings (64 slots, 30 s), as an 
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
+import uuid
 
 import grpc
 import pytest
@@ -22,22 +22,45 @@ from google.rpc import code_pb2
 from reapi import digest
 from rwapi import LINUX, ExecClient, FakeBot, Stream
 from serverutil import start_granary
+from services import PostgresServer
+from sqlalchemy import create_engine, select
 
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from granary._proto.google.devtools.remoteworkers.v1test2 import bots_pb2
 from granary.execution import leases
+from granary.execution.schema import jobs
 
 EXECUTING = 3
 DEFAULT_MAX_BOT_CONCURRENCY = 64
 DEFAULT_LEASE_ACK_TIMEOUT = 30.0
 
 
-def config(**execution) -> str:
+@pytest.fixture(scope="module")
+def postgres():
+    try:
+        pg = PostgresServer()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request) -> str | None:
+    if request.param == "sqlite":
+        return None
+    pg = request.getfixturevalue("postgres")
+    return pg.create_database(f"t{uuid.uuid4().hex[:12]}")
+
+
+def config(database: str | None = None, **execution) -> str:
     ex = {
         "local_workers": 0, "platform_grace": 0, "bot_long_poll": 1, "poll_interval": 0.2,
         "known_platforms": "[{OSFamily: linux, ISA: x86-64}]",
     }
     ex.update(execution)
+    if database:
+        ex["database"] = database
     body = ", ".join(f"{k}: {v}" for k, v in ex.items())
     return f"""
 storage: {{main: {{type: disk, path: cas}}}}
@@ -51,6 +74,13 @@ execution: {{{body}}}
 def server(tmp_path):
     with start_granary(tmp_path, config()) as srv:
         yield srv
+
+
+@pytest.fixture
+def any_server(tmp_path, database):
+    """A server on SQLite, then on PostgreSQL (their assignment paths lock differently)."""
+    with start_granary(tmp_path, config(database)) as srv:
+        yield srv, database
 
 
 def cached_result(client: ExecClient, d: re_pb2.Digest) -> re_pb2.ActionResult | None:
@@ -70,7 +100,8 @@ def operation_done(client: ExecClient, name: str) -> bool:
 # ---- 1. claimed concurrency is capped -----------------------------------------------------
 
 
-def test_greedy_bot_never_holds_more_leases_than_the_cap(server):
+def test_greedy_bot_never_holds_more_leases_than_the_cap(any_server):
+    server, _ = any_server
     cap = DEFAULT_MAX_BOT_CONCURRENCY
     client = ExecClient(server.address)
     # the greedy bot first advertises a platform no job wants, so it holds nothing yet
@@ -126,7 +157,8 @@ def test_greedy_bot_never_holds_more_leases_than_the_cap(server):
 # ---- 2. a lease nobody acknowledges goes back to the queue -----------------------------------
 
 
-def test_unacknowledged_lease_goes_to_another_bot(server):
+def test_unacknowledged_lease_goes_to_another_bot(any_server):
+    server, database = any_server
     client = ExecClient(server.address)
     d, _ = client.action(["echo", "sleepy"])
     stream = Stream(client.execute(d, timeout=300))
@@ -162,12 +194,19 @@ def test_unacknowledged_lease_goes_to_another_bot(server):
     assert response.result.stdout_raw == b"other ran it\n"
     assert response.result.execution_metadata.worker == other.bot_id
     # a lapsed offer never ran the action: it does not count toward the retry limit
-    with sqlite3.connect(server.data_dir / "execution.sqlite") as db:
-        (retries,) = db.execute("SELECT retries FROM granary_jobs WHERE name = ?", (lease.id,)).fetchone()
-    assert retries == 0
+    assert job_retries(server, database, lease.id) == 0
     sleepy.close()
     other.close()
     client.close()
+
+
+def job_retries(server, database: str | None, job_name: str) -> int:
+    engine = create_engine(database or f"sqlite:///{server.data_dir / 'execution.sqlite'}")
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(jobs.c.retries).where(jobs.c.name == job_name)).scalar_one()
+    finally:
+        engine.dispose()
 
 
 # ---- 3. a reported result is checked against the CAS -----------------------------------------
