@@ -23,6 +23,7 @@ from granary.execution.jobqueue import JobQueue
 from granary.execution.notifier import Notifier
 from granary.execution.operations import COMPLETED, EXECUTING
 from granary.execution.platform import Capabilities
+from granary.execution.resultcheck import RefusedResult, check_result
 from granary.execution.scheduler import Scheduler, execution_of
 from granary.instance import Instance, Instances
 
@@ -30,6 +31,7 @@ log = logging.getLogger("granary.execution.bots")
 SEPARATOR = "botSessions/"
 ACCEPTING = (bots_pb2.BotStatus.BOT_STATUS_UNSPECIFIED, bots_pb2.BotStatus.OK)
 DEADLINE_MARGIN = 1.0  # answer this long before the caller's deadline
+DEFAULT_MAX_BOT_CONCURRENCY = 64
 
 
 def parent_of(session_name: str) -> str:
@@ -43,9 +45,15 @@ def parent_of(session_name: str) -> str:
 
 class BotSessions:
     def __init__(
-        self, cfg: ExecutionConfig, queue: JobQueue, notifier: Notifier, instances: Instances, scheduler: Scheduler
+        self, cfg: ExecutionConfig, queue: JobQueue, notifier: Notifier, instances: Instances, scheduler: Scheduler,
+        *, max_bot_concurrency: int = DEFAULT_MAX_BOT_CONCURRENCY,
     ):
+        """max_bot_concurrency (execution.max_bot_concurrency): the most leases one bot session
+        holds at once, whatever concurrency it claims (a claim above it is capped, not refused)."""
+        if max_bot_concurrency < 1:
+            raise ValueError(f"max_bot_concurrency must be 1 or more, got {max_bot_concurrency}")
         self.cfg = cfg
+        self.max_bot_concurrency = max_bot_concurrency
         self.queue = queue
         self.notifier = notifier
         self.instances = instances
@@ -78,7 +86,11 @@ class BotSessions:
         budget = min(self.cfg.bot_long_poll, math.inf if remaining is None else remaining - DEADLINE_MARGIN)
         props = leases.worker_properties(session)
         caps = Capabilities(props)
-        concurrency = leases.worker_concurrency(session)
+        claimed = leases.worker_concurrency(session)
+        concurrency = min(claimed, self.max_bot_concurrency)
+        if created and claimed > concurrency:
+            log.warning("bot %s (session %s) claims %d slots: capped to execution.max_bot_concurrency %d",
+                        session.bot_id, name, claimed, concurrency)
         row = {
             "name": name, "bot_id": session.bot_id or name, "instance": inst.name, "queue": queue,
             "properties": json.dumps(props), "concurrency": concurrency, "status": session.status,
@@ -97,7 +109,7 @@ class BotSessions:
                 if accepting and free > 0:
                     now = time.time()
                     fresh = await self.queue.run(
-                        self.queue.assign, name, session.bot_id or name, queue, caps, free, now
+                        self.queue.assign, name, session.bot_id or name, queue, caps, free, now, concurrency
                     )
                     for job in fresh:
                         out.append(self._offer(job))
@@ -109,13 +121,16 @@ class BotSessions:
                 await sub.wait(left)
         if time.monotonic() - started > 1.0:
             await self.queue.run(self.queue.seen_bot, name, time.time())
-        return self._session(name, session, out)
+        return self._session(name, session, out, concurrency)
 
-    def _session(self, name: str, session: bots_pb2.BotSession, out: list[bots_pb2.Lease]) -> bots_pb2.BotSession:
+    def _session(
+        self, name: str, session: bots_pb2.BotSession, out: list[bots_pb2.Lease], concurrency: int
+    ) -> bots_pb2.BotSession:
         reply = bots_pb2.BotSession(
             name=name, bot_id=session.bot_id, status=session.status, version=session.version, leases=out
         )
         reply.worker.CopyFrom(session.worker)
+        leases.set_worker_concurrency(reply.worker, concurrency)  # what it is granted, not what it claimed
         expire = timestamp_pb2.Timestamp()
         expire.FromNanoseconds(int((time.time() + self.cfg.bot_timeout) * 1e9))
         reply.expire_time.CopyFrom(expire)
@@ -158,11 +173,15 @@ class BotSessions:
                 await self._requeue(lease_id, name, "the worker gave the lease back", now)
                 acted = True
             elif state == leases.ACTIVE:
-                pending = job["lease_state"] == leases.PENDING
-                if pending and await self.queue.run(self.queue.mark_active, lease_id, name, now):
+                if job["lease_state"] != leases.PENDING:
+                    out.append(bots_pb2.Lease(id=lease_id, state=leases.ACTIVE))
+                elif await self.queue.run(self.queue.mark_active, lease_id, name, now):
                     self.notifier.job_changed(lease_id)
+                    out.append(bots_pb2.Lease(id=lease_id, state=leases.ACTIVE))
                     acted = True
-                out.append(bots_pb2.Lease(id=lease_id, state=leases.ACTIVE))
+                else:  # taken back meanwhile (not acknowledged in time, or cancelled): it must not run
+                    out.append(bots_pb2.Lease(id=lease_id, state=leases.CANCELLED))
+                    acted = True
             else:
                 out.append(self._offer(job))
         for job_name, job in held.items():  # the bot did not mention these
@@ -193,6 +212,16 @@ class BotSessions:
         status = lease.status if lease.HasField("status") else status_pb2.Status(code=code_pb2.OK)
         if result is None and status.code == code_pb2.OK:
             status = status_pb2.Status(code=code_pb2.INTERNAL, message="the worker reported no ActionResult")
+        inst = self.instances.get(job["instance"])
+        if result is not None:
+            try:
+                await check_result(inst.cas, result, job["digest_function"])
+            except RefusedResult as e:
+                log.warning("job %s: refused the result of worker %s: %s", job["name"], bot_name, e.message)
+                result = None
+                status = status_pb2.Status(
+                    code=code_pb2.INTERNAL, message=f"the worker's result was refused: {e.message}"
+                )
         response = re_pb2.ExecuteResponse(status=status)
         if result is not None:
             meta = result.execution_metadata
@@ -201,7 +230,6 @@ class BotSessions:
             if not meta.worker:
                 meta.worker = job["worker"] or bot_name
             response.result.CopyFrom(result)
-            inst = self.instances.get(job["instance"])
             cacheable = (
                 status.code == code_pb2.OK
                 and not job["do_not_cache"]

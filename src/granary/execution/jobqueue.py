@@ -33,6 +33,7 @@ from granary.sqlite_wal import enable_wal
 log = logging.getLogger("granary.execution.queue")
 T = TypeVar("T")
 NOTIFY_CHANNEL = "granary_jobs"
+DEFAULT_LEASE_ACK_TIMEOUT = 30.0
 
 _FILTER_COLUMNS = {
     "name": operations.c.name,
@@ -52,9 +53,17 @@ def _bump() -> dict[str, Any]:
 
 
 class JobQueue:
-    def __init__(self, url: str, *, retry_limit: int = 3, threads: int = 8):
+    def __init__(
+        self, url: str, *, retry_limit: int = 3, threads: int = 8,
+        lease_ack_timeout: float = DEFAULT_LEASE_ACK_TIMEOUT,
+    ):
+        """lease_ack_timeout (execution.lease_ack_timeout): seconds a bot has to acknowledge
+        a lease offered to it before `reap` takes it back for other bots."""
+        if lease_ack_timeout <= 0:
+            raise ValueError(f"lease_ack_timeout must be above 0, got {lease_ack_timeout}")
         self.url = url
         self.retry_limit = retry_limit
+        self.lease_ack_timeout = lease_ack_timeout
         self.is_postgres = url.startswith("postgresql")
         self.is_sqlite = url.startswith("sqlite")
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="granary-sql")
@@ -318,12 +327,34 @@ class JobQueue:
             rows = conn.execute(select(jobs).where(jobs.c.bot_name == bot_name)).mappings().all()
         return {r["name"]: r for r in rows}
 
-    def assign(self, bot_name: str, worker: str, queue: str, caps: Capabilities, n: int, now: float) -> list[RowMapping]:
-        """Give up to n queued jobs this bot can run, most urgent (then oldest) first."""
+    def assign(
+        self, bot_name: str, worker: str, queue: str, caps: Capabilities, n: int, now: float,
+        limit: int | None = None,
+    ) -> list[RowMapping]:
+        """Give up to n queued jobs this bot can run, most urgent (then oldest) first.
+
+        With `limit`, the session never holds more than `limit` unfinished jobs, counted
+        in the same transaction (several calls for one session at once cannot exceed it).
+        """
         if n <= 0:
             return []
         with self.engine.begin() as conn:
-            waiting = and_(jobs.c.queue == queue, jobs.c.stage == QUEUED, jobs.c.bot_name.is_(None))
+            if limit is not None:
+                if self.is_postgres:  # serialise the session's own concurrent calls
+                    conn.execute(select(bots.c.name).where(bots.c.name == bot_name).with_for_update())
+                held = conn.execute(
+                    select(func.count()).select_from(jobs)
+                    .where(jobs.c.bot_name == bot_name, jobs.c.stage != COMPLETED)
+                ).scalar_one()
+                n = min(n, limit - held)
+                if n <= 0:
+                    return []
+            waiting = and_(
+                jobs.c.queue == queue, jobs.c.stage == QUEUED, jobs.c.bot_name.is_(None),
+                # an offer this worker let lapse goes to the others first (see lapse_offers)
+                or_(jobs.c.assigned_time.is_(None), jobs.c.worker.is_(None), jobs.c.worker != worker,
+                    jobs.c.assigned_time <= now - self.lease_ack_timeout),
+            )
             keys = conn.execute(select(jobs.c.platform_key).where(waiting).distinct()).scalars().all()
             usable = [k for k in keys if self._satisfies(caps, k)]
             if not usable:
@@ -356,6 +387,31 @@ class JobQueue:
                 self._caps_cache.clear()
             hit = self._caps_cache[ck] = caps.satisfies(from_key(key))
         return hit
+
+    def lapse_offers(self, conn: Connection, now: float) -> list[str]:
+        """Take back the leases offered more than lease_ack_timeout ago and never acknowledged.
+
+        The job waits for another bot (the one that let it lapse may take it again
+        only after another lease_ack_timeout, if nobody else did). It never ran, so
+        this does not count toward retry_limit. `assigned_time` becomes the time of
+        the lapse and `worker` still names the bot that let it lapse.
+        """
+        stale = and_(
+            jobs.c.stage == QUEUED, jobs.c.bot_name.is_not(None), jobs.c.lease_state == leases.PENDING,
+            jobs.c.assigned_time < now - self.lease_ack_timeout,
+        )
+        rows = conn.execute(select(jobs.c.name, jobs.c.bot_name).where(stale)).all()
+        lapsed: list[str] = []
+        for job_name, bot_name in rows:
+            n = conn.execute(
+                update(jobs).where(jobs.c.name == job_name, jobs.c.bot_name == bot_name, stale)
+                .values(bot_name=None, lease_state=0, assigned_time=now, **_bump())
+            ).rowcount
+            if n:
+                log.warning("job %s offered to worker session %s, not acknowledged within %gs: back in the queue",
+                            job_name, bot_name, self.lease_ack_timeout)
+                lapsed.append(job_name)
+        return lapsed
 
     def mark_active(self, job_name: str, bot_name: str, now: float) -> bool:
         with self.engine.begin() as conn:
@@ -484,8 +540,8 @@ class JobQueue:
     # ---- housekeeping -------------------------------------------------------
 
     def reap(self, now: float, bot_timeout: float, up_since: float, retention: float) -> list[str]:
-        """Re-queue the jobs of silent bots, fail jobs no live bot could run, stop jobs far past
-        their timeout, drop old history.
+        """Take back unacknowledged offers, re-queue the jobs of silent bots, fail jobs no live
+        bot could run, stop jobs far past their timeout, drop old history.
 
         A bot counts as silent only if this process has also been up for
         bot_timeout (it could not reach us while we were down); jobs fail for
@@ -494,6 +550,9 @@ class JobQueue:
         """
         changed: list[str] = []
         cutoff = now - bot_timeout
+        if now - up_since >= self.lease_ack_timeout:  # bots could reach us for that long
+            with self.engine.begin() as conn:
+                changed.extend(self.lapse_offers(conn, now))
         if up_since <= cutoff:
             with self.engine.begin() as conn:
                 dead = conn.execute(select(bots.c.name).where(bots.c.last_seen < cutoff)).scalars().all()

@@ -20,8 +20,15 @@ Worker properties (platform): bot_session.worker.devices[0].properties, one
 key/value per entry (a key may repeat for several values), e.g. OSFamily,
 ISA, plus custom keys. A bot runs one lease at a time unless its
 bot_session.worker.properties holds `CONCURRENCY_PROPERTY` = N, in which case
-the server offers up to N leases at once. UpdateBotSession long-polls (a few
-seconds, never past the call's deadline) when the bot has nothing new.
+the server offers up to N leases at once, never more than its
+execution.max_bot_concurrency (default 64): a larger claim is capped, not
+refused, and the reply's worker.properties says the number granted.
+UpdateBotSession long-polls (a few seconds, never past the call's deadline)
+when the bot has nothing new.
+
+A lease the bot does not acknowledge (send back ACTIVE) within
+execution.lease_ack_timeout (default 30 s) is taken back and offered to other
+bots first; the bot's later reports about it are answered CANCELLED.
 """
 
 from __future__ import annotations
@@ -92,6 +99,16 @@ def worker_concurrency(session: bots_pb2.BotSession) -> int:
             except ValueError:
                 return 1
     return 1
+
+
+def set_worker_concurrency(worker: worker_pb2.Worker, concurrency: int) -> None:
+    """Say in `worker` how many leases it may hold (only when more than one, as bots send it)."""
+    kept = [p for p in worker.properties if p.key != CONCURRENCY_PROPERTY]
+    if len(kept) == len(worker.properties) and concurrency == 1:
+        return
+    del worker.properties[:]
+    worker.properties.extend(kept)
+    worker.properties.add(key=CONCURRENCY_PROPERTY, value=str(concurrency))
 
 
 def make_worker(properties: list[tuple[str, str]], concurrency: int = 1) -> worker_pb2.Worker:
