@@ -22,21 +22,32 @@ log = logging.getLogger("granary.supervisor")
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
-    """Bind (without listening) so the port is ours; children bind it with SO_REUSEPORT."""
+    """Bind (without listening) so the port is ours; children bind it with SO_REUSEPORT.
+
+    SO_REUSEADDR on both sockets: connections a stopped server closed first sit in
+    TIME_WAIT on the port and must not block a restart, whichever way that server bound
+    (one process binds without SO_REUSEPORT); a socket still listening there, reuse-port
+    or not, still makes the probe fail.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     probe = socket.socket(family, socket.SOCK_STREAM)
-    # SO_REUSEADDR: connections of a stopped server in TIME_WAIT must not block a restart;
-    # a socket still listening there (reuse-port or not) still makes bind fail.
     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind((host, port))  # fails if anyone, reuse-port or not, holds it
+        port = probe.getsockname()[1]
+        keeper = socket.socket(family, socket.SOCK_STREAM)
+        keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        probe.close()
+        try:
+            keeper.bind((host, port))
+        except OSError:
+            keeper.close()
+            raise
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    port = probe.getsockname()[1]
-    probe.close()
-    keeper = socket.socket(family, socket.SOCK_STREAM)
-    keeper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    keeper.bind((host, port))
+    finally:
+        probe.close()
     return keeper, port
 
 
