@@ -6,8 +6,10 @@ Kept free of gRPC and storage imports: it only reserves the port, starts
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -19,6 +21,9 @@ from granary.config import Config
 from granary.errors import ConfigError
 
 log = logging.getLogger("granary.supervisor")
+
+IDLE_CHECK = 60.0  # seconds: the loop looks at its children at least this often (signals wake it sooner)
+STOP_MARGIN = 10.0  # seconds past drain_timeout a child may take to stop before it is killed
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -51,7 +56,19 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return keeper, port
 
 
-def run_supervisor(cfg: Config, processes: int, child_argv: list[str], on_ready: Callable[[int], None]) -> int:
+def run_supervisor(
+    cfg: Config,
+    processes: int,
+    child_argv: list[str],
+    on_ready: Callable[[int], None],
+    on_stop: Callable[[], None] = lambda: None,
+) -> int:
+    """Run `processes` children until SIGTERM/SIGINT, then let them drain and stop.
+
+    on_stop runs as stopping begins (the local workers start finishing their actions);
+    the children drain on their own SIGTERM and exit when their work is delivered.
+    The loop sleeps until a signal arrives (a child exiting is SIGCHLD): idle costs nothing.
+    """
     keeper, port = reserve_port(cfg.host, cfg.port)
     argv = [sys.executable, "-m", "granary", *child_argv, "--child-port", str(port)]
     children: list[subprocess.Popen] = []
@@ -69,39 +86,56 @@ def run_supervisor(cfg: Config, processes: int, child_argv: list[str], on_ready:
         nonlocal stopping
         stopping = True
 
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    # one at a time: the first child creates the stores' files (schemas, WAL mode) alone
-    for _ in range(processes):
-        children.append(spawn())
-        if not wait_ready(children[-1]):
-            stopping = True
-            break
-    if stopping:
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that a child's exit wakes the loop
+    try:
+        # one at a time: the first child creates the stores' files (schemas, WAL mode) alone
+        for _ in range(processes):
+            children.append(spawn())
+            if not wait_ready(children[-1]):
+                stopping = True
+                break
+        if stopping:
+            for child in children:
+                child.terminate()
+            codes = [child.wait() for child in children]
+            return max(codes) or 1
+        keeper.close()
+        on_ready(port)
+        while not stopping:
+            select.select([wake_r], [], [], IDLE_CHECK)
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake_r, 512):
+                    pass
+            for i, child in enumerate(children):
+                if child.poll() is not None and not stopping:
+                    log.error("server process %d exited with %s; starting another", child.pid, child.returncode)
+                    children[i] = spawn()
+                    if not wait_ready(children[i]):
+                        time.sleep(1)
+        on_stop()
         for child in children:
-            child.terminate()
-        codes = [child.wait() for child in children]
-        return max(codes) or 1
-    keeper.close()
-    on_ready(port)
-    while not stopping:
-        time.sleep(0.2)
-        for i, child in enumerate(children):
-            if child.poll() is not None and not stopping:
-                log.error("server process %d exited with %s; starting another", child.pid, child.returncode)
-                children[i] = spawn()
-                if not wait_ready(children[i]):
-                    time.sleep(1)
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for child in children:
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-    return 0
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + cfg.drain_timeout + STOP_MARGIN
+        for child in children:
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("server process %d did not stop within drain_timeout; killing it", child.pid)
+                child.kill()
+                child.wait()
+        return 0
+    finally:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.close(wake_r)
+        os.close(wake_w)
 
 
 def default_processes(cfg: Config) -> int:
