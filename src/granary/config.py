@@ -17,7 +17,7 @@
       max_timeout: 1h          # longer requested timeouts are refused
       bot_timeout: 60s         # a bot silent this long loses its jobs (re-queued)
       bot_long_poll: 5s        # UpdateBotSession waits this long for work
-      poll_interval: 50ms      # how often a process looks for changes made by others (SQLite)
+      poll_interval: 50ms      # look for others' changes this often if no notification can wake us (else max(5s, this))
       retry_limit: 3           # re-queues of one job before it fails
       cache_failed_actions: false
       known_platforms: []      # [{OSFamily: linux, ISA: x86-64}, ...]: accepted besides connected bots'

@@ -3,7 +3,8 @@
   leases.py     the lease contract shared with workers (payload/result packing)
   schema.py     the SQL tables (jobs, operations, bots)
   jobqueue.py   the durable queue: enqueue/merge, assignment, completion, requeue
-  notifier.py   in-process events plus cross-process polling (and PG LISTEN/NOTIFY)
+  notifier.py   wake-ups in-process and across processes (PG LISTEN/NOTIFY, local peers, safety-net poll)
+  localpeers.py wake-ups between the server processes of one host sharing an SQLite queue
   platform.py   platform requirements and worker capabilities
   inputs.py     checking that an action's inputs are all in the CAS
   opfilter.py   the ListOperations filter language

@@ -11,6 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from granary._proto.google.devtools.remoteworkers.v1test2 import bots_pb2
 from granary.config import Config, ExecutionConfig
@@ -22,6 +25,7 @@ from granary.execution.scheduler import Scheduler
 from granary.instance import Instances
 
 log = logging.getLogger("granary.execution")
+REAP_EVERY = 15.0  # seconds at most between housekeeping passes (silent bots, overdue jobs, old history)
 
 
 def database_url(cfg: Config) -> str:
@@ -93,6 +97,16 @@ class DrainableBotSessions(BotSessions):
         return self._answered(name, session, reply)
 
 
+def sqlite_peers_dir(url: str) -> Path | None:
+    """Where the server processes sharing this SQLite queue file find each other (None: no file)."""
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(f"{database}-peers")
+
+
 class ExecutionFarm:
     def __init__(self, cfg: ExecutionConfig, url: str, instances: Instances):
         self.cfg = cfg
@@ -102,6 +116,7 @@ class ExecutionFarm:
             cfg.poll_interval,
             lambda names: self.queue.run(self.queue.versions, names),
             lambda: self.queue.run(self.queue.queue_signature),
+            peers_dir=sqlite_peers_dir(url),
         )
         self.scheduler = Scheduler(cfg, self.queue, self.notifier)
         self.bots = DrainableBotSessions(cfg, self.queue, self.notifier, instances, self.scheduler)
@@ -140,7 +155,7 @@ class ExecutionFarm:
             self.notifier.queue_changed()
 
     async def _reap_forever(self) -> None:
-        interval = max(0.2, min(5.0, self.cfg.bot_timeout / 4))
+        interval = max(0.2, min(REAP_EVERY, self.cfg.bot_timeout / 4))
         while True:
             await asyncio.sleep(interval)
             try:
