@@ -54,7 +54,7 @@ def test_other_process_wakes_bot_long_poll_and_execute_stream(tmp_path, queue_ur
     try:
         client = ExecClient(a.address)
         bot = FakeBot(b.address)
-        bot.connect()
+        bot.connect(timeout=3)  # (a creation long-polls for work until near its deadline)
         for round_ in range(3):  # more than once: the channel keeps working after use
             polled: list[object] = []
             poll = threading.Thread(target=lambda out=polled: out.append(bot.update(timeout=WAIT)), daemon=True)
@@ -89,7 +89,7 @@ def test_peer_that_died_is_forgotten(tmp_path):
         b.stop(sig=9)
         client = ExecClient(a.address)
         bot = FakeBot(a.address)
-        bot.connect()
+        bot.connect(timeout=3)  # (a creation long-polls for work until near its deadline)
         d, _ = client.action(["after", "a", "crash"])
         stream = Stream(client.execute(d, timeout=120))
         bot.run(stdout=b"still fine")

@@ -117,8 +117,9 @@ def test_wait_execution_gets_the_result_while_draining(tmp_path):
     quiet(server.log.read_text())
 
 
-def test_drain_timeout_leaves_the_job_queued_for_the_next_start(tmp_path):
-    server = start_granary(tmp_path, config("2s"), processes=1)
+@pytest.mark.parametrize("processes", [1, 2])
+def test_drain_timeout_leaves_the_job_queued_for_the_next_start(tmp_path, processes):
+    server = start_granary(tmp_path, config("2s"), processes=processes)
     try:
         client = ExecClient(server.address)
         d, _ = client.action(["sh", "-c", "sleep 60; echo never"])
@@ -139,7 +140,7 @@ def test_drain_timeout_leaves_the_job_queued_for_the_next_start(tmp_path):
         op = client.ops.GetOperation(operations_pb2.GetOperationRequest(name=name))
         assert not op.done and stage_of(op) == QUEUED  # given back by the worker, not lost
         bot = FakeBot(again.address)
-        bot.connect()
+        bot.connect(timeout=3)
         waiter = Stream(client.wait(name))
         bot.run(stdout=b"second start")
         assert waiter.result().result.stdout_raw == b"second start"
