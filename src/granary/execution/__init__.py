@@ -11,6 +11,7 @@
   operations.py turning jobs into google.longrunning Operations
   scheduler.py  Execute, WaitExecution and the Operations API over the queue
   botsessions.py the Remote Workers API side: sessions and leases
-  farm.py       one process's share of the farm: wiring, start/stop, housekeeping
+  farm.py       one process's share of the farm: wiring, start/stop, draining, housekeeping
+  drainingbots.py BotSessions that give no new leases while draining and count busy bots
   localworkers.py the `granary worker` processes `granary serve` starts
 """
