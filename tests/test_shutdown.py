@@ -190,3 +190,39 @@ def _time_wait_on(port: int) -> bool:
         with open(table) as f:
             rows += [line.split() for line in f.readlines()[1:]]
     return any(int(r[1].rsplit(":", 1)[1], 16) == port and r[3] == "06" for r in rows)
+
+
+def test_draining_server_gives_bots_no_new_leases(tmp_path):
+    server = start_granary(tmp_path, config("3s", local_workers=0), processes=1)
+    try:
+        client = ExecClient(server.address)
+        bot = FakeBot(server.address)
+        bot.connect(timeout=3)
+        d, _ = client.action(["queued", "at", "shutdown"])
+        stream = Stream(client.execute(d, timeout=120))
+        stream.wait_stage(QUEUED)
+        name = stream.name
+        server.proc.send_signal(signal.SIGTERM)
+        wait_draining(client)
+        assert not bot.update(timeout=5).leases  # the queued job is not handed out any more
+        assert exit_code(server) == 0
+        bot.close()
+        client.close()
+    finally:
+        server.stop()
+    quiet(server.log.read_text())
+
+    again = start_granary(tmp_path, config("3s", local_workers=0), processes=1)
+    try:
+        client = ExecClient(again.address)
+        op = client.ops.GetOperation(operations_pb2.GetOperationRequest(name=name))
+        assert not op.done and stage_of(op) == QUEUED
+        bot = FakeBot(again.address)
+        bot.connect(timeout=3)
+        waiter = Stream(client.wait(name))
+        bot.run(stdout=b"after restart")
+        assert waiter.result().result.stdout_raw == b"after restart"
+        bot.close()
+        client.close()
+    finally:
+        again.stop()
