@@ -16,7 +16,7 @@ import ctypes
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -58,7 +58,11 @@ class DrainGate(grpc.aio.ServerInterceptor):
         self.streams = 0
         self._refused = grpc.unary_stream_rpc_method_handler(_refuse)
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
         if self.draining and method == EXECUTE:
             return self._refused
