@@ -82,7 +82,7 @@ def cmd_serve(args, argv: list[str]) -> int:
 
             server.run_single(cfg, cfg.port, False, announce, workers)
             return 0
-        return supervisor.run_supervisor(cfg, processes, argv, announce, workers.begin_stop)
+        return supervisor.run_supervisor(cfg, processes, argv, announce, workers)
     finally:
         workers.stop()
 

@@ -14,10 +14,12 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -34,7 +36,6 @@ from granary.services.registry import add_servicer
 
 if TYPE_CHECKING:
     from granary.execution.farm import ExecutionFarm
-    from granary.execution.localworkers import LocalWorkers
 
 log = logging.getLogger("granary.server")
 
@@ -47,6 +48,35 @@ DRAIN_CHECK = 0.1  # seconds between checks while draining
 
 async def _refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
     await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another server")
+
+
+class Workers(Protocol):
+    """Local workers a server must outlive: asked to stop when draining begins, waited for."""
+
+    def begin_stop(self) -> None: ...
+
+    def running(self) -> bool: ...
+
+
+class SupervisorsWorkers:
+    """The supervisor's local workers as one of its server processes sees them: running until
+    the supervisor closes our stdin, which it does once they are gone (or it is)."""
+
+    def __init__(self) -> None:
+        self._gone = threading.Event()
+        threading.Thread(target=self._wait_for_eof, name="granary-workers-gone", daemon=True).start()
+
+    def _wait_for_eof(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(0, 512):
+                pass
+        self._gone.set()
+
+    def begin_stop(self) -> None:
+        """The supervisor stops them."""
+
+    def running(self) -> bool:
+        return not self._gone.is_set()
 
 
 class DrainGate(grpc.aio.ServerInterceptor):
@@ -110,7 +140,7 @@ def add_execution_services(server: grpc.aio.Server, app) -> None:
 
 
 async def drain(
-    gate: DrainGate, farm: ExecutionFarm | None, workers: LocalWorkers | None, timeout: float
+    gate: DrainGate, farm: ExecutionFarm | None, workers: Workers | None, timeout: float
 ) -> None:
     """Stop taking work, then wait (at most timeout seconds) until the work in hand is delivered."""
     gate.draining = True
@@ -139,7 +169,7 @@ async def serve(
     port: int,
     reuse_port: bool,
     on_ready: Callable[[int], None],
-    workers: LocalWorkers | None = None,
+    workers: Workers | None = None,
 ) -> None:
     app = build_app(cfg)
     gate = DrainGate()
@@ -188,7 +218,7 @@ def tune_malloc() -> None:
 
 
 def run_single(
-    cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[int], None], workers: LocalWorkers | None = None
+    cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[int], None], workers: Workers | None = None
 ) -> None:
     import uvloop
 
@@ -208,4 +238,4 @@ def run_child(cfg: Config, port: int) -> None:
         sys.stdout.write("ready\n")
         sys.stdout.flush()
 
-    run_single(cfg, port, True, ready)
+    run_single(cfg, port, True, ready, SupervisorsWorkers())

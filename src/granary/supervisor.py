@@ -16,11 +16,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from granary.config import Config
 from granary.errors import ConfigError
 
 log = logging.getLogger("granary.supervisor")
+
+class Workers(Protocol):
+    def begin_stop(self) -> None: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
 
 IDLE_CHECK = 60.0  # seconds: the loop looks at its children at least this often (signals wake it sooner)
 STOP_MARGIN = 10.0  # seconds past drain_timeout a child may take to stop before it is killed
@@ -61,12 +68,13 @@ def run_supervisor(
     processes: int,
     child_argv: list[str],
     on_ready: Callable[[int], None],
-    on_stop: Callable[[], None] = lambda: None,
+    workers: Workers | None = None,
 ) -> int:
     """Run `processes` children until SIGTERM/SIGINT, then let them drain and stop.
 
-    on_stop runs as stopping begins (the local workers start finishing their actions);
-    the children drain on their own SIGTERM and exit when their work is delivered.
+    Stopping: the local workers are asked to finish their actions and the children to
+    drain (SIGTERM) at once; once the workers are gone the children hear it (their stdin
+    closes), so they outlive the workers, and they exit when their work is delivered.
     The loop sleeps until a signal arrives (a child exiting is SIGCHLD): idle costs nothing.
     """
     keeper, port = reserve_port(cfg.host, cfg.port)
@@ -75,7 +83,7 @@ def run_supervisor(
     stopping = False
 
     def spawn() -> subprocess.Popen:
-        return subprocess.Popen(argv, stdout=subprocess.PIPE)
+        return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def wait_ready(child: subprocess.Popen) -> bool:
         assert child.stdout is not None
@@ -118,11 +126,18 @@ def run_supervisor(
                     children[i] = spawn()
                     if not wait_ready(children[i]):
                         time.sleep(1)
-        on_stop()
+        if workers is not None:
+            workers.begin_stop()
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + cfg.drain_timeout + STOP_MARGIN
+        if workers is not None:
+            workers.wait(cfg.drain_timeout)
+        for child in children:
+            if child.stdin is not None:
+                with contextlib.suppress(OSError):
+                    child.stdin.close()  # the workers are gone: the children may stop
         for child in children:
             try:
                 child.wait(max(0.1, deadline - time.monotonic()))

@@ -144,6 +144,13 @@ class LocalWorkers:
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
+    def wait(self, timeout: float) -> bool:
+        """Wait up to timeout seconds for every worker to be gone; -> whether they are."""
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not self.running()
+
     def stop(self) -> None:
         """Stop the workers and wait for them (killed if they outlive their grace by far)."""
         self.begin_stop()
