@@ -90,6 +90,12 @@ def run_supervisor(
         line = child.stdout.readline()
         return line.strip() == b"ready"
 
+    def release(child: subprocess.Popen) -> None:
+        """Close the child's stdin: it tells a draining child that no local worker is left."""
+        if child.stdin is not None:
+            with contextlib.suppress(OSError):
+                child.stdin.close()
+
     def stop(*_: object) -> None:
         nonlocal stopping
         stopping = True
@@ -111,6 +117,7 @@ def run_supervisor(
         if stopping:
             for child in children:
                 child.terminate()
+                release(child)
             codes = [child.wait() for child in children]
             return max(codes) or 1
         keeper.close()
@@ -123,6 +130,7 @@ def run_supervisor(
             for i, child in enumerate(children):
                 if child.poll() is not None and not stopping:
                     log.error("server process %d exited with %s; starting another", child.pid, child.returncode)
+                    release(child)
                     children[i] = spawn()
                     if not wait_ready(children[i]):
                         time.sleep(1)
@@ -135,9 +143,7 @@ def run_supervisor(
         if workers is not None:
             workers.wait(cfg.drain_timeout)
         for child in children:
-            if child.stdin is not None:
-                with contextlib.suppress(OSError):
-                    child.stdin.close()  # the workers are gone: the children may stop
+            release(child)  # the workers are gone: the children may stop
         for child in children:
             try:
                 child.wait(max(0.1, deadline - time.monotonic()))
