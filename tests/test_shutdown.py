@@ -63,7 +63,7 @@ def test_sigterm_drains_running_action_to_its_client_and_the_cache(tmp_path, pro
     server = start_granary(tmp_path, cfg, processes=processes)
     try:
         client = ExecClient(server.address)
-        d, _ = client.action(["sh", "-c", "sleep 3; echo drained"])
+        d, _ = client.action(["sh", "-c", "sleep 4; echo drained"])
         stream = Stream(client.execute(d, timeout=120))
         stream.wait_stage(EXECUTING, timeout=60)
         server.proc.send_signal(signal.SIGTERM)
@@ -100,7 +100,7 @@ def test_wait_execution_gets_the_result_while_draining(tmp_path):
     server = start_granary(tmp_path, config("60s"), processes=2)
     try:
         client = ExecClient(server.address)
-        d, _ = client.action(["sh", "-c", "sleep 3; echo waited"])
+        d, _ = client.action(["sh", "-c", "sleep 4; echo waited"])
         stream = Stream(client.execute(d, timeout=120))
         stream.wait_stage(EXECUTING, timeout=60)
         waiter_client = ExecClient(server.address)  # its own connection: maybe the other process
