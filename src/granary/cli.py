@@ -80,9 +80,9 @@ def cmd_serve(args, argv: list[str]) -> int:
         if processes == 1:
             from granary import server
 
-            server.run_single(cfg, cfg.port, False, announce)
+            server.run_single(cfg, cfg.port, False, announce, workers)
             return 0
-        return supervisor.run_supervisor(cfg, processes, argv, announce)
+        return supervisor.run_supervisor(cfg, processes, argv, announce, workers)
     finally:
         workers.stop()
 

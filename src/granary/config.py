@@ -4,6 +4,7 @@
       listen: 127.0.0.1:8980
       processes: auto          # server processes sharing the port (auto: one per core)
       max_batch_size: 4000000  # bytes, advertised as max_batch_total_size_bytes
+      drain_timeout: 30s       # on SIGTERM, running actions may finish this long before the server stops
     storage:                   # named CAS stores
       main: {type: disk, path: cas, max_size: 10GiB}
     action_caches:             # named action caches
@@ -16,7 +17,7 @@
       max_timeout: 1h          # longer requested timeouts are refused
       bot_timeout: 60s         # a bot silent this long loses its jobs (re-queued)
       bot_long_poll: 5s        # UpdateBotSession waits this long for work
-      poll_interval: 50ms      # how often a process looks for changes made by others (SQLite)
+      poll_interval: 50ms      # look for others' changes this often if no notification can wake us (else max(5s, this))
       retry_limit: 3           # re-queues of one job before it fails
       cache_failed_actions: false
       known_platforms: []      # [{OSFamily: linux, ISA: x86-64}, ...]: accepted besides connected bots'
@@ -203,6 +204,7 @@ class Config:
     port: int = 8980
     processes: int | None = None  # None: auto
     max_batch_size: int = 4_000_000
+    drain_timeout: float = 30.0  # seconds
     storage: dict[str, StoreSpec] = field(default_factory=dict)
     action_caches: dict[str, StoreSpec] = field(default_factory=dict)
     instances: dict[str, InstanceSpec] = field(default_factory=dict)
@@ -274,7 +276,7 @@ def parse(raw: Any, data_dir: Path) -> Config:
     _check_keys(raw, {"server": 0, "storage": 0, "action_caches": 0, "instances": 0, "execution": 0}, "config")
     cfg = Config(data_dir=data_dir, raw=raw)
     server = _mapping(raw.get("server"), "server")
-    _check_keys(server, {"listen": 0, "processes": 0, "max_batch_size": 0, "data_dir": 0}, "server")
+    _check_keys(server, {"listen": 0, "processes": 0, "max_batch_size": 0, "data_dir": 0, "drain_timeout": 0}, "server")
     if "listen" in server:
         cfg.host, cfg.port = _listen(server["listen"], "server.listen")
     if "data_dir" in server:
@@ -283,6 +285,8 @@ def parse(raw: Any, data_dir: Path) -> Config:
         cfg.processes = _int(server["processes"], "server.processes") or None
     if "max_batch_size" in server:
         cfg.max_batch_size = parse_size(server["max_batch_size"], "server.max_batch_size")
+    if "drain_timeout" in server:
+        cfg.drain_timeout = parse_duration(server["drain_timeout"], "server.drain_timeout")
     for name, value in _mapping(raw.get("storage"), "storage").items():
         cfg.storage[str(name)] = _store(value, f"storage.{name}", CAS_TYPES)
     for name, value in _mapping(raw.get("action_caches"), "action_caches").items():

@@ -1,4 +1,12 @@
-"""Running the gRPC server: one process, or several sharing the port."""
+"""Running the gRPC server: one process, or several sharing the port.
+
+SIGTERM or SIGINT drains before stopping: the DrainGate interceptor refuses new
+Execute calls with UNAVAILABLE (clients retry elsewhere) while every other call
+keeps being served, bots get no new leases, and the server waits, at most
+`server.drain_timeout`, until no Execute/WaitExecution stream is open, no bot
+holds unfinished work through it and its local workers (if it started them) have
+finished; then it stops.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,12 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -23,7 +34,83 @@ from granary.services.capabilities_service import CapabilitiesService
 from granary.services.cas_service import CasService
 from granary.services.registry import add_servicer
 
+if TYPE_CHECKING:
+    from granary.execution.farm import ExecutionFarm
+
 log = logging.getLogger("granary.server")
+
+EXECUTION = "/build.bazel.remote.execution.v2.Execution/"
+EXECUTE = EXECUTION + "Execute"
+FOLLOWING = (EXECUTE, EXECUTION + "WaitExecution")  # calls that stream an operation until it is done
+STOP_GRACE = 2.0  # seconds in-flight calls get once draining is over
+DRAIN_CHECK = 0.1  # seconds between checks while draining
+
+
+async def _refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another server")
+
+
+class Workers(Protocol):
+    """Local workers a server must outlive: asked to stop when draining begins, waited for."""
+
+    def begin_stop(self) -> None: ...
+
+    def running(self) -> bool: ...
+
+
+class SupervisorsWorkers:
+    """The supervisor's local workers as one of its server processes sees them: running until
+    the supervisor closes our stdin, which it does once they are gone (or it is)."""
+
+    def __init__(self) -> None:
+        self._gone = threading.Event()
+        threading.Thread(target=self._wait_for_eof, name="granary-workers-gone", daemon=True).start()
+
+    def _wait_for_eof(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(0, 512):
+                pass
+        self._gone.set()
+
+    def begin_stop(self) -> None:
+        """The supervisor stops them."""
+
+    def running(self) -> bool:
+        return not self._gone.is_set()
+
+
+class DrainGate(grpc.aio.ServerInterceptor):
+    """The one place draining shows to clients: new Execute calls get UNAVAILABLE, everything
+    else is served; counts the operation streams (Execute, WaitExecution) still open."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.streams = 0
+        self._refused = grpc.unary_stream_rpc_method_handler(_refuse)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if self.draining and method == EXECUTE:
+            return self._refused
+        handler = await continuation(handler_call_details)
+        if method in FOLLOWING and handler is not None and handler.unary_stream is not None:
+            return handler._replace(unary_stream=self._counted(handler.unary_stream))
+        return handler
+
+    def _counted(self, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        async def counted(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            self.streams += 1
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                self.streams -= 1
+
+        return counted
 
 
 def grpc_options(cfg: Config, reuse_port: bool) -> list[tuple[str, int]]:
@@ -52,9 +139,41 @@ def add_execution_services(server: grpc.aio.Server, app) -> None:
     add_servicer(server, BotsService(farm.bots), bots_pb2.DESCRIPTOR.services_by_name["Bots"])
 
 
-async def serve(cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[int], None]) -> None:
+async def drain(
+    gate: DrainGate, farm: ExecutionFarm | None, workers: Workers | None, timeout: float
+) -> None:
+    """Stop taking work, then wait (at most timeout seconds) until the work in hand is delivered."""
+    gate.draining = True
+    if farm is not None:
+        farm.begin_draining()
+    if workers is not None:
+        workers.begin_stop()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    def settled() -> bool:
+        return (
+            gate.streams == 0
+            and (farm is None or farm.busy_bots() == 0)
+            and (workers is None or not workers.running())
+        )
+
+    while not settled() and loop.time() < deadline:
+        await asyncio.sleep(DRAIN_CHECK)
+    if not settled():
+        log.info("drain_timeout (%gs) reached with work in hand; stopping anyway", timeout)
+
+
+async def serve(
+    cfg: Config,
+    port: int,
+    reuse_port: bool,
+    on_ready: Callable[[int], None],
+    workers: Workers | None = None,
+) -> None:
     app = build_app(cfg)
-    server = grpc.aio.server(options=grpc_options(cfg, reuse_port))
+    gate = DrainGate()
+    server = grpc.aio.server(options=grpc_options(cfg, reuse_port), interceptors=[gate])
     instances = app.instances
     re_services = re_pb2.DESCRIPTOR.services_by_name
     add_servicer(server, CasService(instances), re_services["ContentAddressableStorage"])
@@ -81,7 +200,8 @@ async def serve(cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[in
         loop.add_signal_handler(sig, stop.set)
     on_ready(bound)
     await stop.wait()
-    await server.stop(grace=5)
+    await drain(gate, app.execution, workers, cfg.drain_timeout)
+    await server.stop(grace=STOP_GRACE)
     for t in tasks:
         t.cancel()
     await app.close()
@@ -97,11 +217,13 @@ def tune_malloc() -> None:
         libc.mallopt(-2, 64 << 20)  # M_TOP_PAD
 
 
-def run_single(cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[int], None]) -> None:
+def run_single(
+    cfg: Config, port: int, reuse_port: bool, on_ready: Callable[[int], None], workers: Workers | None = None
+) -> None:
     import uvloop
 
     tune_malloc()
-    uvloop.run(serve(cfg, port, reuse_port, on_ready))
+    uvloop.run(serve(cfg, port, reuse_port, on_ready, workers))
 
 
 def _die_with_parent() -> None:
@@ -116,4 +238,4 @@ def run_child(cfg: Config, port: int) -> None:
         sys.stdout.write("ready\n")
         sys.stdout.flush()
 
-    run_single(cfg, port, True, ready)
+    run_single(cfg, port, True, ready, SupervisorsWorkers())

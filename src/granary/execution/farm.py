@@ -1,4 +1,9 @@
-"""One server process's share of the execution farm: queue, notifier, scheduler, bots, reaper."""
+"""One server process's share of the execution farm: queue, notifier, scheduler, bots, reaper.
+
+Draining (graceful shutdown): bots get no new leases, and the farm tells how many
+bots still hold unfinished work through this process, so the server stays up until
+they have reported it.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,35 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from granary.config import Config, ExecutionConfig
-from granary.execution.botsessions import BotSessions
+from granary.execution.drainingbots import DrainableBotSessions
 from granary.execution.jobqueue import NOTIFY_CHANNEL, JobQueue
 from granary.execution.notifier import Notifier
 from granary.execution.scheduler import Scheduler
 from granary.instance import Instances
 
 log = logging.getLogger("granary.execution")
+REAP_EVERY = 15.0  # seconds at most between housekeeping passes (silent bots, overdue jobs, old history)
 
 
 def database_url(cfg: Config) -> str:
     ex = cfg.execution
     assert ex is not None
     return ex.database or f"sqlite:///{cfg.data_dir / 'execution.sqlite'}"
+
+
+def sqlite_peers_dir(url: str) -> Path | None:
+    """Where the server processes sharing this SQLite queue file find each other (None: no file)."""
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(f"{database}-peers")
 
 
 class ExecutionFarm:
@@ -32,9 +51,10 @@ class ExecutionFarm:
             cfg.poll_interval,
             lambda names: self.queue.run(self.queue.versions, names),
             lambda: self.queue.run(self.queue.queue_signature),
+            peers_dir=sqlite_peers_dir(url),
         )
         self.scheduler = Scheduler(cfg, self.queue, self.notifier)
-        self.bots = BotSessions(cfg, self.queue, self.notifier, instances, self.scheduler)
+        self.bots = DrainableBotSessions(cfg, self.queue, self.notifier, instances, self.scheduler)
         self.up_since = time.time()
         self._reaper: asyncio.Task | None = None
 
@@ -45,6 +65,13 @@ class ExecutionFarm:
             dsn = self.queue.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
             self.notifier.listen_postgres(dsn, NOTIFY_CHANNEL)
         self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    def begin_draining(self) -> None:
+        """No new leases from now on; running ones may still be reported."""
+        self.bots.draining = True
+
+    def busy_bots(self) -> int:
+        return self.bots.busy()
 
     async def close(self) -> None:
         if self._reaper is not None:
@@ -63,7 +90,7 @@ class ExecutionFarm:
             self.notifier.queue_changed()
 
     async def _reap_forever(self) -> None:
-        interval = max(0.2, min(5.0, self.cfg.bot_timeout / 4))
+        interval = max(0.2, min(REAP_EVERY, self.cfg.bot_timeout / 4))
         while True:
             await asyncio.sleep(interval)
             try:

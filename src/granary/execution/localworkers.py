@@ -3,6 +3,11 @@
 One worker process per execution queue (CAS store), with `--concurrency
 local_workers` (the worker opens one bot session per slot), its cache under
 the data dir. Restarted if it exits; killed with the server (PR_SET_PDEATHSIG).
+
+Stopping is the worker's own graceful shutdown: SIGTERM, then it finishes its
+running actions for a grace a little shorter than the server's drain_timeout
+(so what it gives back reaches the server before the server stops) and exits.
+One thread per worker process blocks in wait(): nothing wakes up while idle.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from granary.config import Config
 
+RESTART_DELAY = 5.0  # seconds before a worker that exited is started again
+KILL_AFTER = 15.0  # seconds past its grace a stopping worker may take to report and leave
 WILDCARD = "*"  # the instance entry that answers every name (granary.instance.WILDCARD)
 
 log = logging.getLogger("granary.execution.localworkers")
@@ -54,6 +62,11 @@ except OSError:
     _LIBC = None
 
 
+def worker_grace(drain_timeout: float) -> float:
+    """How long a local worker may finish actions after SIGTERM: the drain minus time to report."""
+    return max(0.0, drain_timeout - min(5.0, drain_timeout / 4))
+
+
 def _die_with_parent() -> None:
     """Runs in the forked child: only a prctl call, no locks, no imports."""
     if _LIBC is not None:
@@ -69,9 +82,11 @@ class LocalWorkers:
         self.instances = worker_instances(cfg) if self.count else []
         self.data_dir = cfg.data_dir
         self.host = cfg.host
+        self.grace = worker_grace(cfg.drain_timeout)
         self._procs: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._argv: dict[str, list[str]] = {}
 
     def start(self, port: int) -> None:
@@ -85,42 +100,66 @@ class LocalWorkers:
             self._argv[instance] = [
                 sys.executable, "-m", "granary", "worker", "--server", f"{host}:{port}", "--instance", instance,
                 "--concurrency", str(self.count), "--cache-dir", str(cache / "cas"),
-                "--name", f"local-{os.getpid()}-{i}",
+                "--name", f"local-{os.getpid()}-{i}", "--shutdown-grace", f"{self.grace:g}",
             ]
-        self._thread = threading.Thread(target=self._supervise, name="granary-local-workers", daemon=True)
-        self._thread.start()
+            thread = threading.Thread(target=self._keep_running, args=(instance,), name=f"granary-local-worker-{i}",
+                                      daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
-    def _spawn(self, instance: str) -> None:
+    def _spawn(self, instance: str) -> subprocess.Popen:
         # process_group: the server's terminal signals are not the worker's
         # stdout dropped: `granary serve` prints one line; the worker's errors still reach stderr
-        self._procs[instance] = subprocess.Popen(
+        proc = subprocess.Popen(
             self._argv[instance],
             stdout=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only
             process_group=0,
         )
+        self._procs[instance] = proc
+        return proc
 
-    def _supervise(self) -> None:
-        for instance in self._argv:  # spawned from this long-lived thread: PDEATHSIG follows it
-            self._spawn(instance)
-        backoff = 1.0
-        while not self._stop.wait(backoff):
-            backoff = 1.0
-            for instance, proc in list(self._procs.items()):
-                if proc.poll() is not None and not self._stop.is_set():
-                    log.error("local worker %d exited with %s; starting another", proc.pid, proc.returncode)
-                    self._spawn(instance)
-                    backoff = 5.0
-        for proc in self._procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self._procs.values():
-            try:
-                proc.wait(35)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    def _keep_running(self, instance: str) -> None:
+        """Spawned from this thread, which lives as long as the worker: PDEATHSIG follows it."""
+        while True:
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                proc = self._spawn(instance)
+            proc.wait()
+            if self._stop.is_set():
+                return
+            log.error("local worker %d exited with %s; starting another", proc.pid, proc.returncode)
+            if self._stop.wait(RESTART_DELAY):
+                return
+
+    def begin_stop(self) -> None:
+        """Ask every worker to finish its running actions and leave (SIGTERM); returns at once."""
+        with self._lock:
+            self._stop.set()
+            for proc in self._procs.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to timeout seconds for every worker to be gone; -> whether they are."""
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not self.running()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(40)
+        """Stop the workers and wait for them (killed if they outlive their grace by far)."""
+        self.begin_stop()
+        deadline = time.monotonic() + self.grace + KILL_AFTER
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                log.error("local worker %d did not stop; killing it", proc.pid)
+                proc.kill()
+        for t in self._threads:
+            t.join()

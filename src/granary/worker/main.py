@@ -116,8 +116,7 @@ class Worker:
             t.start()
         try:
             for t in threads:
-                while t.is_alive():
-                    t.join(0.5)
+                t.join()  # signal handlers still run while the main thread waits here
         finally:
             self.channel.close()
             remove_tree(self.work_dir)
@@ -136,8 +135,9 @@ def run(cfg: WorkerConfig) -> int:
     worker = Worker(cfg)
 
     def on_signal(signum: int, _frame) -> None:
-        log.warning("worker: %s received; %s", signal.Signals(signum).name,
-                    "abandoning running actions" if worker.shutdown.draining.is_set() else "finishing running actions")
+        # a stop asked for is no problem: logged at info, so a clean shutdown prints nothing
+        log.info("worker: %s received; %s", signal.Signals(signum).name,
+                 "abandoning running actions" if worker.shutdown.draining.is_set() else "finishing running actions")
         worker.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
