@@ -332,8 +332,9 @@ def read_file(path: Path) -> Any:
 def _yaml_problem(path: Path, e: yaml.YAMLError) -> str:
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-    what = " ".join(str(part) for part in (getattr(e, "context", None), getattr(e, "problem", None)) if part)
-    return f"{where}: invalid YAML: {what or type(e).__name__}"
+    problem, context = getattr(e, "problem", None), getattr(e, "context", None)
+    what = " ".join(f"{problem or type(e).__name__} {f'({context})' if context else ''}".split())
+    return f"{where}: invalid YAML: {what}"
 
 
 def load(path: Path | None, data_dir: Path | None) -> Config:
