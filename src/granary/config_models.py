@@ -175,7 +175,7 @@ class RedisCas(RedisConnection):
     prefix: TextOrEmpty = Field("granary:cas:", description="Prefix of every Redis key.")
     max_blob_size: limited_size(1, 512 << 20, "Redis holds at most 512MiB in one value") = Field(  # type: ignore[valid-type]
         64 << 20, description="Larger blobs are refused (Redis holds at most 512MiB in one value).")
-    ttl: Duration = Field(0.0, description="Blobs expire this long after their last write; 0: never.")
+    ttl: Duration = Field(0.0, description="Blobs expire this long after they were last written or found; 0: never.")
 
 
 class S3Cas(S3Connection):
