@@ -37,7 +37,7 @@ storage:
     fallback:
       type: sizesplit
       stores:
-        - {max_size: 1MiB, store: {type: sharded, shards: [{store: hot, weight: 2}, {store: {type: memory}}]}}
+        - {max_size: 1MiB, store: {type: sharded, shards: [{store: hot, weight: 2}, {store: {type: disk, path: s1}}]}}
       fallback: {type: indexed, url: "sqlite:///idx.sqlite", store: cold, max_size: 10GiB, janitor_interval: 1h}
 action_caches:
   main: {type: disk, path: ac}
@@ -47,7 +47,7 @@ instances:
   "team/linux": {cas: main, action_cache: main}
   "ci": {cas: tree, action_cache: shared, write_once: true}
   "readers": {cas: main, action_cache: main, allow_updates: false, execution: false}
-  "": {cas: {type: memory, max_size: 64MiB}, action_cache: {type: memory}}
+  "": {cas: {type: disk, path: c2, max_size: 64MiB}, action_cache: {type: sqlite, path: ac2.sqlite}}
   "*": {cas: main, action_cache: upstream}
 execution:
   database: "postgresql+psycopg://u@h/queue"
@@ -187,6 +187,8 @@ def error(text: str) -> str:
     ('storage: {r: {type: remote, address: "grpc://h:1", channel_options: {a: [1]}}}\ninstances: {"*": {cas: r}}',
      "storage.r.channel_options.a: expected a number or a string, got [1]"),
     ("[1, 2]", "config: expected a mapping, got list"),
+    ('server: {processes: 2}\ninstances: {"*": {cas: {type: memory}}}',
+     "server.processes: 2 server processes cannot share memory stores"),
 ])
 def test_errors_are_one_line_naming_the_key(text, message):
     assert message in error(text)

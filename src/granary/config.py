@@ -229,6 +229,9 @@ def _build(file: GranaryConfig, data_dir: Path) -> Config:
     for name, inst in file.instances.items():
         cfg.instances[name] = _instance(cfg, name, inst)
     _check_store_refs(cfg)
+    if cfg.processes is not None and cfg.processes > 1 and cfg.uses_process_local_state():
+        raise ConfigError(f"server.processes: {cfg.processes} server processes cannot share memory stores;"
+                          " use disk stores or processes: 1")
     return cfg
 
 

@@ -55,7 +55,7 @@ NONE_TAG = TAG + "none"
 class Section(BaseModel):
     """A mapping in the file: unknown keys are refused, naming the allowed ones."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
     @classmethod
@@ -167,13 +167,16 @@ class DiskCas(Store):
     pack_max_blob: Size = Field(256 << 10, description="Blobs up to this size are appended to pack files.")
 
 
+RedisBlobSize = limited_size(1, 512 << 20, "Redis holds at most 512MiB in one value")
+
+
 class RedisCas(RedisConnection):
     """Blobs as Redis values."""
 
     kind = "redis"
     type: Literal["redis"] = Field(description="Store type.")
     prefix: TextOrEmpty = Field("granary:cas:", description="Prefix of every Redis key.")
-    max_blob_size: limited_size(1, 512 << 20, "Redis holds at most 512MiB in one value") = Field(  # type: ignore[valid-type]
+    max_blob_size: RedisBlobSize = Field(
         64 << 20, description="Larger blobs are refused (Redis holds at most 512MiB in one value).")
     ttl: Duration = Field(0.0, description="Blobs expire this long after they were last written or found; 0: never.")
 
