@@ -295,6 +295,13 @@ def test_schema_describes_the_file(schema):
     size_kinds = {k.get("type") for k in server["max_batch_size"]["anyOf"]}
     assert size_kinds == {"integer", "string"}  # sizes are strings or numbers
     assert {k.get("type") for k in server["drain_timeout"]["anyOf"]} == {"number", "string"}
+    # every default is a value the schema itself accepts
+    jsonschema = pytest.importorskip("jsonschema")
+    for name, model in schema["$defs"].items():
+        for key, prop in model.get("properties", {}).items():
+            if "default" in prop:
+                sub = {"$defs": schema["$defs"], **{k: v for k, v in prop.items() if k != "default"}}
+                assert jsonschema.Draft202012Validator(sub).is_valid(prop["default"]), (name, key, prop["default"])
 
 
 def test_schema_validates_the_readme_and_docs_examples(schema):

@@ -393,7 +393,7 @@ class ServerSection(Section):
 
     listen: Listen = Field("127.0.0.1:8980", description="HOST:PORT to listen on; port 0 picks a free port.")
     processes: AutoPositive = Field(
-        None, description="Server processes sharing the port; auto: one per core (memory stores need 1).")
+        "auto", validate_default=True, description="Server processes sharing the port; auto: one per core (memory stores need 1).")
     max_batch_size: Size = Field(
         4_000_000, description="Advertised max_batch_total_size_bytes: the largest batch request accepted.")
     data_dir: OptText = Field(
@@ -476,7 +476,7 @@ class ExecutionConfig(Section):
     platform_grace: Duration = Field(
         30.0, description="After start-up, accept any platform this long while bots connect.")
     local_workers: AutoCount = Field(
-        None, description="Slots of the `granary worker` that serve starts; auto: one per core; 0: none.")
+        "auto", validate_default=True, description="Slots of the `granary worker` that serve starts; auto: one per core; 0: none.")
     retention: Duration = Field(86400.0, description="How long finished operations stay listed.")
 
     @model_validator(mode="after")
