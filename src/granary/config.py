@@ -51,7 +51,8 @@ from granary.errors import ConfigError
 
 __all__ = [
     "AC_TYPES", "CAS_TYPES", "DEFAULT_YAML", "Config", "ExecutionConfig", "InstanceSpec", "StoreRef", "StoreSpec",
-    "child_stores", "default_data_dir", "load", "parse", "parse_duration", "parse_size", "read_file",
+    "as_dict", "child_stores", "default_data_dir", "load", "one_line", "parse", "parse_duration", "parse_size",
+    "read_file", "validate",
 ]
 
 CAS_TYPES = CAS_MODELS  # type name -> model of its options
