@@ -6,11 +6,29 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from granary import __version__, cleanup_cli
+from granary import __version__, cleanup_cli, config_cli
 from granary.config import Config, load
+from granary.config_values import parse_listen
 from granary.errors import ConfigError
 from granary.worker import cli as worker_cli
+from granary.writable_dir import ensure_writable_dir
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A wrong flag is one line on stderr, like every other start-up mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def log_level(name: str) -> int:
+    if name.lower() not in LOG_LEVELS:
+        raise ConfigError(f"--log-level: expected one of {', '.join(LOG_LEVELS)}, got {name!r}")
+    return getattr(logging, name.upper())
 
 
 def _serve_parser(sub) -> None:
@@ -24,25 +42,25 @@ def _serve_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="granary", description="Granary: REAPI v2 remote cache and execution")
+    parser = OneLineParser(prog="granary", description="Granary: REAPI v2 remote cache and execution")
     parser.add_argument("--version", action="version", version=f"granary {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _serve_parser(sub)
     cleanup_cli.add_parser(sub)
     worker_cli.add_parser(sub)
+    config_cli.add_parser(sub)
     return parser
 
 
 def _load(args) -> Config:
     cfg = load(args.config, args.data_dir)
     if args.listen:
-        from granary.config import _listen
-
-        cfg.host, cfg.port = _listen(args.listen, "--listen")
+        cfg.host, cfg.port = parse_listen(args.listen, "--listen")
     if args.processes is not None:
         if args.processes < 1:
             raise ConfigError(f"--processes: expected 1 or more, got {args.processes}")
         cfg.processes = args.processes
+    ensure_writable_dir(cfg.data_dir, "data directory")
     return cfg
 
 
@@ -90,17 +108,19 @@ def cmd_serve(args, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(getattr(args, "log_level", "warning")).upper(), logging.WARNING),
-        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
-    )
     try:
+        logging.basicConfig(
+            level=log_level(str(getattr(args, "log_level", "warning"))),
+            format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+        )
         if args.command == "serve":
             return cmd_serve(args, argv)
         if args.command == "cleanup":
             return cleanup_cli.cmd_cleanup(args)
         if args.command == "worker":
             return worker_cli.cmd_worker(args)
+        if args.command == "config":
+            return config_cli.cmd_config(args)
     except ConfigError as e:
         print(f"granary: configuration error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from granary.config import parse_size
 from granary.errors import ConfigError
+from granary.writable_dir import ensure_writable_dir
 
 
 def add_parser(sub) -> None:
@@ -55,6 +56,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     if args.cache_dir is not None:
         cfg.cache_dir = args.cache_dir
+    cfg.cache_dir = ensure_writable_dir(cfg.cache_dir, "--cache-dir" if args.cache_dir else "worker cache directory")
+    if args.work_dir is not None:
+        cfg.work_dir = ensure_writable_dir(args.work_dir, "--work-dir")
     if args.name:
         cfg.name, cfg.named = args.name, True
     try:

@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 
 from granary.worker.bot import BotConfig, BotSession, Shutdown
+from granary.worker.connect import wait_until_answered
 from granary.worker.execute import Executor, remove_tree
 from granary.worker.local_cas import LocalCas
 from granary.worker.platform import properties
@@ -142,6 +143,11 @@ def run(cfg: WorkerConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    target = cfg.server if "://" in cfg.server else f"grpc://{cfg.server}"
+    if not wait_until_answered(worker.channel, cfg.instance, f"worker {cfg.name} connecting to {target}",
+                               worker.shutdown.draining):
+        worker.channel.close()  # stopped before the server ever answered
+        return 0
     print(f"granary: worker {cfg.name} serving {cfg.server} with {cfg.concurrency} slot(s)", flush=True)
     worker.run()
     return 0
