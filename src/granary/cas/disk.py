@@ -113,6 +113,9 @@ class DiskBlobStore(BlobStore):
         self.pack_file_bytes = pack_file_bytes
         self.fsync = fsync
         self.direct_io = direct_io
+        #: bytes this process's unfinished uploads hold in tmp/ and in memory (set by
+        #: the UploadRegistry): eviction leaves room for them within max_bytes
+        self.inflight_bytes = 0
         for sub in ("packs", "blobs", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.root / "index.v2.sqlite", isolation_level=None, timeout=30)
@@ -457,8 +460,8 @@ class DiskBlobStore(BlobStore):
             ).fetchone()[0]
             if added:
                 db.execute("UPDATE meta SET v = v + 1 WHERE k = 'inserts'")
-        if total > self.max_bytes:
-            self.evict(int(self.max_bytes * 0.9))
+        if total + self.inflight_bytes > self.max_bytes:
+            self.evict(max(int(self.max_bytes * 0.9) - self.inflight_bytes, 0))
 
     def _check_room(self, size: int) -> None:
         if size > self.max_bytes:
