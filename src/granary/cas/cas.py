@@ -46,7 +46,7 @@ MAX_DIGESTS_PER_REQUEST = 100_000
 class ContentAddressableStorage:
     """`max_blob_bytes`: largest blob a client may announce (0: the store's own
     `max_bytes` if it has one, else unbounded). Upload limits are passed on to
-    the UploadRegistry; `max_upload_bytes` 0 means half the store's `max_bytes`.
+    the UploadRegistry; `max_upload_bytes` 0 means the store's `max_bytes`.
     """
 
     def __init__(
@@ -70,7 +70,7 @@ class ContentAddressableStorage:
             ttl=upload_ttl,
             max_uploads=max_uploads,
             max_uploads_per_client=max_uploads_per_client,
-            max_bytes=max_upload_bytes or store_max // 2,
+            max_bytes=max_upload_bytes or store_max,
             store=store,
         )
 
