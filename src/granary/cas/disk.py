@@ -114,7 +114,8 @@ class DiskBlobStore(BlobStore):
         self.fsync = fsync
         self.direct_io = direct_io
         #: bytes this process's unfinished uploads hold in tmp/ and in memory (set by
-        #: the UploadRegistry): eviction leaves room for them within max_bytes
+        #: the UploadRegistry): eviction leaves room for them within max_bytes, but
+        #: never evicts below half of max_bytes for them (uploads must not empty the cache)
         self.inflight_bytes = 0
         for sub in ("packs", "blobs", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -461,7 +462,7 @@ class DiskBlobStore(BlobStore):
             if added:
                 db.execute("UPDATE meta SET v = v + 1 WHERE k = 'inserts'")
         if total + self.inflight_bytes > self.max_bytes:
-            self.evict(max(int(self.max_bytes * 0.9) - self.inflight_bytes, 0))
+            self.evict(max(int(self.max_bytes * 0.9) - self.inflight_bytes, self.max_bytes // 2))
 
     def _check_room(self, size: int) -> None:
         if size > self.max_bytes:
