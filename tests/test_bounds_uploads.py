@@ -118,6 +118,41 @@ def test_bytes_of_unfinished_uploads_count_against_the_store_size(tmp_path, monk
         srv.stop()
 
 
+def test_abandoned_uploads_do_not_stay_in_the_disk_store_memory(tmp_path):
+    """Below the pack limit the disk store buffers uploads in memory; one abandoned mid-stream moves
+    to its temp file, so 1000 of them (the per-client limit) do not hold 250 MiB of RAM."""
+    srv = start_granary(tmp_path, None, processes=1)  # the embedded defaults: disk CAS
+    client = Client(srv.address)
+    try:
+        before = rss(srv.proc.pid)
+        blob = os.urandom(250 * 1024 + 100)
+        d = digest(blob)
+        names = []
+        for _ in range(1000):
+            name = f"uploads/{uuid.uuid4()}/blobs/{d.hash}/{d.size_bytes}"
+            names.append(name)
+
+            def gen(name: str = name):
+                yield bs_pb2.WriteRequest(resource_name=name, write_offset=0, data=blob[:250 * 1024])
+
+            assert client.bs.Write(gen(), timeout=60).committed_size == 250 * 1024
+        assert rss(srv.proc.pid) - before < 150 * MiB
+        assert len(os.listdir(srv.data_dir / "cas" / "tmp")) == 1000
+        # a parked upload resumes where it stopped
+        status = client.bs.QueryWriteStatus(bs_pb2.QueryWriteStatusRequest(resource_name=names[-1]))
+        assert status.committed_size == 250 * 1024
+
+        def rest():
+            yield bs_pb2.WriteRequest(resource_name=names[-1], write_offset=250 * 1024,
+                                      data=blob[250 * 1024:], finish_write=True)
+
+        assert client.bs.Write(rest()).committed_size == len(blob)
+        assert client.bs_read(d) == blob
+    finally:
+        client.close()
+        srv.stop()
+
+
 # ---- the registry itself: process limit, expiry, temp files, eviction -----------------------------
 
 

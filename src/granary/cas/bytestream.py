@@ -7,12 +7,14 @@ can ask QueryWriteStatus and continue from `committed_size`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from granary import compression
 from granary import digest as dg
+from granary.cas.blobstore import BlobWriter
 from granary.cas.cas import ContentAddressableStorage, UploadSession
 from granary.errors import GranaryError, InvalidArgument, NotFound
 from granary.resource_names import BlobResource
@@ -102,10 +104,22 @@ async def write(
     finally:
         session.busy = False
         session.last_used = time.monotonic()
-        if cas.uploads.get(session.key) is not session and not session.done:
+        if session.done:
+            pass
+        elif cas.uploads.get(session.key) is session:
+            _park(session.writer)  # kept for resuming (the stream ended or broke) without holding memory
+        else:
             # a concurrent duplicate stream that cannot be resumed: drop its partial data
             cas.uploads.close(session)
             await session.writer.abort()
+
+
+def _park(writer: BlobWriter) -> None:
+    """Let a writer that can (the disk store's) move buffered bytes out of memory while it waits."""
+    park = getattr(writer, "park", None)
+    if park is not None:
+        with contextlib.suppress(OSError):  # e.g. disk full: the bytes stay in memory until expiry
+            park()
 
 
 async def _take(cas: ContentAddressableStorage, session: UploadSession, data: bytes, name: str) -> None:

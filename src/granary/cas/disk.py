@@ -739,6 +739,25 @@ class _DiskWriter(BlobWriter):
                 await self._put(c)
             self._chunks = []
 
+    def park(self) -> None:
+        """The client went away mid-upload: move what sits in memory to the temp file.
+
+        A resumable upload may wait for its client until it expires; it must
+        not hold memory meanwhile (its temp file counts in the store's budget
+        through the UploadRegistry's in-flight bytes).
+        """
+        if self._fd >= 0 or not self._chunks:
+            return
+        store = self._store
+        direct, store.direct_io = store.direct_io, False
+        try:
+            self._open()
+        finally:
+            store.direct_io = direct
+        for c in self._chunks:
+            _write_all(self._fd, c)
+        self._chunks = []
+
     async def commit(self) -> None:
         store = self._store
         if self._fd < 0:
