@@ -210,3 +210,28 @@ def test_memory_put_if_absent_under_concurrency():
         assert await store.get("k") == f"v{answers.index(None)}".encode()
 
     asyncio.run(main())
+
+
+def test_s3_put_if_absent_has_one_winner(tmp_path):
+    from services import S3Server
+
+    from granary.actioncache.s3 import S3ActionCacheStore
+    from granary.s3_client import S3Connection
+
+    server = S3Server()
+
+    async def main():
+        conn = S3Connection(bucket="ac-once", endpoint_url=server.endpoint, region="us-east-1",
+                            access_key_id="testing", secret_access_key="testing", create_bucket=True)
+        store = S3ActionCacheStore(conn)
+        answers = await asyncio.gather(*(store.put_if_absent("k", f"v{i}".encode()) for i in range(8)))
+        assert answers.count(None) == 1
+        winner = f"v{answers.index(None)}".encode()
+        assert all(a in (None, winner) for a in answers)
+        assert await store.get("k") == winner
+        await store.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
