@@ -39,6 +39,9 @@ class BlobResult:
     compressor: int = compression.IDENTITY
 
 
+#: GetTree: bytes of directories in one page, and directories fetched from the store at once
+TREE_PAGE_BYTES = 2 << 20
+TREE_FETCH = 1000
 #: digests one FindMissingBlobs / BatchReadBlobs / BatchUpdateBlobs request may name
 MAX_DIGESTS_PER_REQUEST = 100_000
 
@@ -279,44 +282,55 @@ class ContentAddressableStorage:
         return self._tree_pages(root, start, page_size)
 
     async def _tree_pages(self, root: BlobDigest, start: int, page_size: int):
-        directories = await self._walk(root)
-        if start > len(directories):
-            raise InvalidArgument(f"page_token points past the end of tree {root}")
-        if start == len(directories):
-            yield [], ""
-            return
-        for begin in range(start, len(directories), page_size):
-            end = begin + page_size
-            token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(directories) else ""
-            yield directories[begin:end], token
+        """Stream pages while walking: only one page, the digests seen and one level are held.
 
-    async def _walk(self, root: BlobDigest) -> list[re_pb2.Directory]:
+        A page ends after `page_size` directories or TREE_PAGE_BYTES of them,
+        whichever comes first (the spec lets the server send fewer).
+        """
+        page: list[re_pb2.Directory] = []
+        page_bytes = 0
+        position = 0
+        async for directory in self._walk(root):
+            if position >= start:
+                size = directory.ByteSize()
+                if page and (len(page) >= page_size or page_bytes + size > TREE_PAGE_BYTES):
+                    yield page, base64.urlsafe_b64encode(str(position).encode()).decode()
+                    page, page_bytes = [], 0
+                page.append(directory)
+                page_bytes += size
+            position += 1
+        if start > position:
+            raise InvalidArgument(f"page_token points past the end of tree {root}")
+        yield page, ""
+
+    async def _walk(self, root: BlobDigest) -> AsyncIterator[re_pb2.Directory]:
+        """The directories under `root`, breadth first, each once; levels are fetched in slices."""
         seen = {root}
         level = [root]
-        out: list[re_pb2.Directory] = []
         while level:
-            found = await self.store.get_many([d for d in level if d.size])
             next_level: list[BlobDigest] = []
-            for d in level:
-                data = found.get(d, b"" if not d.size else None)
-                if data is None:
-                    continue  # missing parts are left out, as the spec allows
-                directory = re_pb2.Directory()
-                try:
-                    directory.ParseFromString(data)
-                except DecodeError:
-                    continue
-                out.append(directory)
-                for child in directory.directories:
+            for begin in range(0, len(level), TREE_FETCH):
+                part = level[begin : begin + TREE_FETCH]
+                found = await self.store.get_many([d for d in part if d.size])
+                for d in part:
+                    data = found.pop(d, b"" if not d.size else None)
+                    if data is None:
+                        continue  # missing parts are left out, as the spec allows
+                    directory = re_pb2.Directory()
                     try:
-                        cd = dg.make_digest(d.function, child.digest.hash, child.digest.size_bytes)
-                    except InvalidArgument:
+                        directory.ParseFromString(data)
+                    except DecodeError:
                         continue
-                    if cd not in seen:
-                        seen.add(cd)
-                        next_level.append(cd)
+                    for child in directory.directories:
+                        try:
+                            cd = dg.make_digest(d.function, child.digest.hash, child.digest.size_bytes)
+                        except InvalidArgument:
+                            continue
+                        if cd not in seen:
+                            seen.add(cd)
+                            next_level.append(cd)
+                    yield directory
             level = next_level
-        return out
 
 
 async def _empty() -> AsyncIterator[bytes]:
