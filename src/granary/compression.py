@@ -33,8 +33,9 @@ class StreamDecompressor(Protocol):
     def decompress(self, data: bytes, limit: int) -> Iterator[bytes]:
         """Decompress `data` in pieces; raises TooLarge once more than `limit` bytes come out.
 
-        At most ~_SLICE_OUTPUT bytes are held between pieces, however well the
-        input compresses, so the caller can write each piece away.
+        Pieces are about _SLICE_OUTPUT bytes (a zstd piece at most ~32 MiB more,
+        see _SLICE_INPUT) however well the input compresses, so the caller can
+        write each away before the next is made.
         """
         ...
 
@@ -154,7 +155,7 @@ class _DeflateStreamDecompressor:
 
 
 class _IdentityStream:
-    def decompress(self, data: bytes, limit: int) -> Iterator[bytes]:  # type: ignore[override]
+    def decompress(self, data: bytes, limit: int) -> Iterator[bytes]:
         if len(data) > limit:
             raise TooLarge
         return iter((data,)) if data else iter(())
