@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from typing import Protocol
 
 import zstandard
@@ -24,8 +25,19 @@ _ZSTD_LEVEL = 1  # speed first: clients mostly sit next to the server
 # share its state, so two concurrent streams would corrupt each other.
 
 
+class TooLarge(Exception):
+    """Decompressed data went past the size the caller allowed."""
+
+
 class StreamDecompressor(Protocol):
-    def decompress(self, data: bytes) -> bytes: ...
+    def decompress(self, data: bytes, limit: int) -> Iterator[bytes]:
+        """Decompress `data` in pieces; raises TooLarge once more than `limit` bytes come out.
+
+        Pieces are about _SLICE_OUTPUT bytes (a zstd piece at most ~32 MiB more,
+        see _SLICE_INPUT) however well the input compresses, so the caller can
+        write each away before the next is made.
+        """
+        ...
 
 
 class StreamCompressor(Protocol):
@@ -68,13 +80,54 @@ def decompress(compressor: int, data: bytes, expected_size: int) -> bytes:
     return data
 
 
+# Input is fed to the decompressors in slices this small: one zstd RLE block
+# (4 bytes) makes 128 KiB, so a slice makes at most ~32 MiB before the caller
+# sees it; a deflate slice is held to _SLICE_OUTPUT by zlib itself.
+_SLICE_INPUT = 1024
+_SLICE_OUTPUT = 1 << 20
+
+
+class _Sink:
+    """Write target of a zstd stream_writer that stops it past `limit` bytes."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.pending = 0
+        self.limit = 0
+        self.produced = 0
+
+    def write(self, data: bytes) -> int:
+        self.produced += len(data)
+        if self.produced > self.limit:
+            raise TooLarge
+        self.pieces.append(bytes(data))
+        self.pending += len(data)
+        return len(data)
+
+    def take(self) -> bytes:
+        out = b"".join(self.pieces)
+        self.pieces = []
+        self.pending = 0
+        return out
+
+
 class _ZstdStreamDecompressor:
     def __init__(self) -> None:
-        self._d = zstandard.ZstdDecompressor().decompressobj()
+        self._sink = _Sink()
+        self._w = zstandard.ZstdDecompressor().stream_writer(self._sink, write_return_read=True, closefd=False)
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes, limit: int) -> Iterator[bytes]:
+        sink = self._sink
+        sink.produced = 0
+        sink.limit = limit
+        view = memoryview(data)
         try:
-            return self._d.decompress(data)
+            for start in range(0, len(view), _SLICE_INPUT):
+                self._w.write(view[start : start + _SLICE_INPUT])
+                if sink.pending >= _SLICE_OUTPUT:
+                    yield sink.take()
+            if sink.pieces:
+                yield sink.take()
         except zstandard.ZstdError as e:
             raise InvalidArgument(f"data is not valid zstd: {e}") from None
 
@@ -83,16 +136,29 @@ class _DeflateStreamDecompressor:
     def __init__(self) -> None:
         self._d = zlib.decompressobj(-15)
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes, limit: int) -> Iterator[bytes]:
+        produced = 0
+        pending = data
         try:
-            return self._d.decompress(data)
+            while pending:
+                out = self._d.decompress(pending, _SLICE_OUTPUT)
+                pending = self._d.unconsumed_tail
+                produced += len(out)
+                if produced > limit:
+                    raise TooLarge
+                if out:
+                    yield out
+                elif pending:  # no progress possible (cannot happen with a positive max_length)
+                    break
         except zlib.error as e:
             raise InvalidArgument(f"data is not valid deflate: {e}") from None
 
 
 class _IdentityStream:
-    def decompress(self, data: bytes) -> bytes:
-        return data
+    def decompress(self, data: bytes, limit: int) -> Iterator[bytes]:
+        if len(data) > limit:
+            raise TooLarge
+        return iter((data,)) if data else iter(())
 
     def compress(self, data: bytes) -> bytes:
         return data

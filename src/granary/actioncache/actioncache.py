@@ -8,7 +8,8 @@ only keys here (moon sends the digest of its own JSON, not an Action).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
 
 from google.protobuf.message import DecodeError
 
@@ -20,6 +21,13 @@ from granary.digest import BlobDigest
 from granary.errors import InvalidArgument, NotFound, PermissionDenied
 
 INLINE_LIMIT = 1 << 20  # total bytes inlined into one GetActionResult response
+#: largest stdout_raw, stderr_raw or output file `contents` a stored result may carry
+MAX_INLINE_FIELD_BYTES = 1 << 20
+#: largest serialized ActionResult stored: with INLINE_LIMIT more inlined on the way
+#: out, a GetActionResult reply stays under the 4 MiB clients accept by default
+MAX_RESULT_BYTES = 3 << 20
+
+log = logging.getLogger("granary.actioncache")
 
 
 class ActionCache:
@@ -32,7 +40,11 @@ class ActionCache:
         allow_updates: bool = True,
         write_once: bool = False,
         check_completeness: bool = True,
+        max_inline_field_bytes: int = MAX_INLINE_FIELD_BYTES,
+        max_result_bytes: int = MAX_RESULT_BYTES,
     ):
+        self.max_inline_field_bytes = max_inline_field_bytes
+        self.max_result_bytes = max_result_bytes
         self.store = store
         self.cas = cas
         self.namespace = namespace
@@ -74,20 +86,50 @@ class ActionCache:
         if not self.allow_updates:
             raise PermissionDenied("this instance's action cache is read-only: UpdateActionResult refused")
         self._validate(result, action.function)
-        raw = result.SerializeToString(deterministic=True)
-        if self.write_once:
-            existing = await self.store.put_if_absent(self._key(action), raw)
-            if existing is not None:
-                stored = re_pb2.ActionResult()
-                stored.ParseFromString(existing)
-                return stored
-        else:
-            await self.store.put(self._key(action), raw)
+        raw = self._bounded(result)
+        existing = await self._store(action, raw)
+        if existing is not None:
+            stored = re_pb2.ActionResult()
+            stored.ParseFromString(existing)
+            return stored
         return result
 
-    async def put_unchecked(self, action: BlobDigest, result: re_pb2.ActionResult) -> None:
-        """Store a result produced by this server's own execution."""
-        await self.store.put(self._key(action), result.SerializeToString(deterministic=True))
+    async def put_unchecked(self, action: BlobDigest, result: re_pb2.ActionResult) -> bool:
+        """Store a result produced by this server's own execution; False if it was not stored.
+
+        write_once holds here too: a result already stored stays. A result over
+        the size caps is not cached (the execution itself still succeeds).
+        """
+        try:
+            raw = self._bounded(result)
+        except InvalidArgument as e:
+            log.warning("not caching the result of action %s: %s", action, e.message)
+            return False
+        return await self._store(action, raw) is None
+
+    async def _store(self, action: BlobDigest, raw: bytes) -> bytes | None:
+        """Store `raw`; under write_once atomically only if absent, returning what is stored."""
+        if self.write_once:
+            return await self.store.put_if_absent(self._key(action), raw)
+        await self.store.put(self._key(action), raw)
+        return None
+
+    def _bounded(self, result: re_pb2.ActionResult) -> bytes:
+        """Serialize `result`, refusing inline data or a whole past the caps."""
+        cap = self.max_inline_field_bytes
+        for what, size in _inline_fields(result):
+            if size > cap:
+                raise InvalidArgument(
+                    f"ActionResult {what} is {size} bytes, more than the cap of {cap} bytes inline"
+                    " (max_inline_field_bytes); upload it to the CAS and give its digest"
+                )
+        raw = result.SerializeToString(deterministic=True)
+        if len(raw) > self.max_result_bytes:
+            raise InvalidArgument(
+                f"ActionResult is {len(raw)} bytes serialized, more than the cap of"
+                f" {self.max_result_bytes} bytes (max_result_bytes)"
+            )
+        return raw
 
     def _validate(self, result: re_pb2.ActionResult, function: int) -> None:
         for d, what in _referenced(result):
@@ -154,6 +196,13 @@ class ActionCache:
                 if f.path in inline_files and not f.contents and f.digest.size_bytes <= budget:
                     f.contents = await self.cas.get(dg.from_proto(function, f.digest))
                     budget -= f.digest.size_bytes
+
+
+def _inline_fields(result: re_pb2.ActionResult) -> Iterator[tuple[str, int]]:
+    yield "stdout_raw", len(result.stdout_raw)
+    yield "stderr_raw", len(result.stderr_raw)
+    for f in result.output_files:
+        yield f"output_files[{f.path!r}].contents", len(f.contents)
 
 
 def _referenced(result: re_pb2.ActionResult):

@@ -51,6 +51,25 @@ class S3ActionCacheStore(ActionCacheStore):
         except ClientError as e:
             raise Unavailable(f"S3 action cache write of {key!r} failed: {e}") from None
 
+    async def put_if_absent(self, key: str, value: bytes) -> bytes | None:
+        """A conditional PUT (If-None-Match: *): of concurrent writers exactly one creates the entry."""
+        s3 = await self.conn.client()
+        for _ in range(3):
+            try:
+                await s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=value, IfNoneMatch="*")
+                return None
+            except ClientError as e:
+                err = e.response.get("Error", {}).get("Code", "")
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if err == "NotImplemented" or status == 501:  # a store without conditional writes
+                    return await super().put_if_absent(key, value)
+                if status not in (409, 412) and err not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise Unavailable(f"S3 action cache write of {key!r} failed: {e}") from None
+            existing = await self.get(key)  # an expired entry is deleted here and counts as absent
+            if existing is not None:
+                return existing
+        raise Unavailable(f"S3 action cache entry {key!r} kept changing while it was written once")
+
     async def delete(self, key: str) -> None:
         s3 = await self.conn.client()
         await s3.delete_object(Bucket=self.bucket, Key=self._key(key))

@@ -42,11 +42,20 @@ class ActionCacheStore(abc.ABC):
         return None
 
 
+#: default byte budgets of the action cache stores that had none
+MEMORY_MAX_BYTES = 256 << 20
+SQLITE_MAX_BYTES = 1 << 30
+
+
 class MemoryActionCacheStore(ActionCacheStore):
+    """Least-recently-used entries go first past `max_entries` or `max_bytes` (values)."""
+
     name = "memory"
 
-    def __init__(self, max_entries: int = 100_000):
+    def __init__(self, max_entries: int = 100_000, max_bytes: int = MEMORY_MAX_BYTES):
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._entries: OrderedDict[str, bytes] = OrderedDict()
         self._times: dict[str, float] = {}
 
@@ -57,14 +66,32 @@ class MemoryActionCacheStore(ActionCacheStore):
         return value
 
     async def put(self, key: str, value: bytes) -> None:
+        self._put(key, value)
+
+    async def put_if_absent(self, key: str, value: bytes) -> bytes | None:
+        # no await between the test and the store: atomic within the event loop
+        old = self._entries.get(key)
+        if old is not None:
+            return old
+        self._put(key, value)
+        return None
+
+    def _put(self, key: str, value: bytes) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old)
         self._entries[key] = value
+        self.bytes += len(value)
         self._times[key] = time.time()
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._times.pop(self._entries.popitem(last=False)[0], None)
+        while len(self._entries) > self.max_entries or (self.max_bytes and self.bytes > self.max_bytes):
+            gone, value = self._entries.popitem(last=False)
+            self.bytes -= len(value)
+            self._times.pop(gone, None)
 
     async def delete(self, key: str) -> None:
-        self._entries.pop(key, None)
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old)
         self._times.pop(key, None)
 
     async def iterate(self) -> AsyncIterator[tuple[str, bytes, float]]:
@@ -72,21 +99,50 @@ class MemoryActionCacheStore(ActionCacheStore):
             yield key, value, self._times.get(key, 0.0)
 
 
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value BLOB NOT NULL,
+    atime INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS results_bytes_insert AFTER INSERT ON results
+    BEGIN UPDATE meta SET v = v + length(NEW.value) WHERE k = 'bytes'; END;
+CREATE TRIGGER IF NOT EXISTS results_bytes_delete AFTER DELETE ON results
+    BEGIN UPDATE meta SET v = v - length(OLD.value) WHERE k = 'bytes'; END;
+CREATE TRIGGER IF NOT EXISTS results_bytes_update AFTER UPDATE OF value ON results
+    BEGIN UPDATE meta SET v = v + length(NEW.value) - length(OLD.value) WHERE k = 'bytes'; END;
+"""
+
+
 class SqliteActionCacheStore(ActionCacheStore):
-    """One SQLite file (WAL), safe to share between server processes."""
+    """One SQLite file (WAL), safe to share between server processes.
+
+    The bytes of all values are kept in `meta` by triggers (so every process
+    sees one total); past `max_bytes` (or `max_entries`) the least recently
+    used entries are deleted down to 90% of the budget.
+    """
 
     name = "sqlite"
 
-    def __init__(self, path: Path, max_entries: int = 0):
+    def __init__(self, path: Path, max_entries: int = 0, max_bytes: int = SQLITE_MAX_BYTES):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
         enable_wal(self._db)
-        self._db.executescript(
-            "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value BLOB NOT NULL,"
-            " atime INTEGER NOT NULL) WITHOUT ROWID;"
-        )
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SQLITE_SCHEMA.split(";\n"):
+                if statement.strip():
+                    self._db.execute(statement)
+            # a file from before byte accounting: count what it holds once
+            self._db.execute(
+                "INSERT INTO meta VALUES ('bytes', (SELECT coalesce(sum(length(value)), 0) FROM results))"
+                " ON CONFLICT(k) DO NOTHING"
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
         self._touched: dict[str, float] = {}
 
     async def get(self, key: str) -> bytes | None:
@@ -119,15 +175,26 @@ class SqliteActionCacheStore(ActionCacheStore):
             return None
         return await self.get(key)
 
+    @property
+    def stored_bytes(self) -> int:
+        return self._db.execute("SELECT v FROM meta WHERE k = 'bytes'").fetchone()[0]
+
     def _trim(self) -> None:
-        if not self.max_entries:
-            return
-        count = self._db.execute("SELECT count(*) FROM results").fetchone()[0]
-        if count > self.max_entries:
-            self._db.execute(
-                "DELETE FROM results WHERE key IN (SELECT key FROM results ORDER BY atime LIMIT ?)",
-                (count - self.max_entries,),
-            )
+        if self.max_entries:
+            count = self._db.execute("SELECT count(*) FROM results").fetchone()[0]
+            if count > self.max_entries:
+                self._db.execute(
+                    "DELETE FROM results WHERE key IN (SELECT key FROM results ORDER BY atime LIMIT ?)",
+                    (count - self.max_entries,),
+                )
+        if self.max_bytes and self.stored_bytes > self.max_bytes:
+            target = int(self.max_bytes * 0.9)
+            while self.stored_bytes > target:
+                deleted = self._db.execute(
+                    "DELETE FROM results WHERE key IN (SELECT key FROM results ORDER BY atime LIMIT 100)"
+                ).rowcount
+                if not deleted:
+                    break
 
     async def delete(self, key: str) -> None:
         self._db.execute("DELETE FROM results WHERE key = ?", (key,))

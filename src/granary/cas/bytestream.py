@@ -7,12 +7,14 @@ can ask QueryWriteStatus and continue from `committed_size`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from granary import compression
 from granary import digest as dg
+from granary.cas.blobstore import BlobWriter
 from granary.cas.cas import ContentAddressableStorage, UploadSession
 from granary.errors import GranaryError, InvalidArgument, NotFound
 from granary.resource_names import BlobResource
@@ -30,9 +32,16 @@ async def write(
     res: BlobResource,
     first: WriteChunk,
     next_chunk: Callable[[], Awaitable[WriteChunk | None]],
+    client: str = "",
 ) -> int:
-    """Consume a Write stream; returns the committed_size to report."""
+    """Consume a Write stream; returns the committed_size to report.
+
+    `client` is the key the per-client upload limit counts under. Nothing the
+    client sends is trusted: the claimed size is checked before any byte is
+    read, and decompression stops as soon as it passes that size.
+    """
     d = res.digest
+    cas.check_blob_size(d)
     compressed = res.compressor != compression.IDENTITY
     done = -1 if compressed else d.size
     if await cas.has(d):
@@ -59,9 +68,14 @@ async def write(
             writer=await cas.store.open_writer(d),
             hasher=dg.new_hasher(d.function),
             decompressor=compression.stream_decompressor(res.compressor),
+            client=client,
         )
-        if existing is None or usable:
-            cas.uploads.add(session)
+        try:
+            # a second stream for a key another stream is writing cannot be resumed
+            cas.uploads.open(session, resumable=existing is None or usable)
+        except GranaryError:
+            await session.writer.abort()
+            raise
     session.busy = True
     request: WriteChunk | None = first
     try:
@@ -76,15 +90,7 @@ async def write(
                     f"resource_name changed within one Write stream: {request.resource_name!r}"
                 )
             if request.data:
-                raw = session.decompressor.decompress(request.data)
-                session.committed += len(request.data)
-                session.received += len(raw)
-                if session.received > d.size:
-                    raise InvalidArgument(
-                        f"upload {first.resource_name!r} sent more than the {d.size} bytes its digest names"
-                    )
-                session.hasher.update(raw)
-                await session.writer.write(raw)
+                await _take(cas, session, request.data, first.resource_name)
             if request.finish_write:
                 await _finish(cas, session, first.resource_name)
                 return done if not compressed else session.committed
@@ -92,15 +98,43 @@ async def write(
         # the client closed the stream without finish_write: keep it for resuming
         return session.committed
     except GranaryError:
-        cas.uploads.remove(session.key, session)
+        cas.uploads.close(session)
         await session.writer.abort()
         raise
     finally:
         session.busy = False
         session.last_used = time.monotonic()
-        if cas.uploads.get(session.key) is not session and not session.done:
+        if session.done:
+            pass
+        elif cas.uploads.get(session.key) is session:
+            _park(session.writer)  # kept for resuming (the stream ended or broke) without holding memory
+        else:
             # a concurrent duplicate stream that cannot be resumed: drop its partial data
+            cas.uploads.close(session)
             await session.writer.abort()
+
+
+def _park(writer: BlobWriter) -> None:
+    """Let a writer that can (the disk store's) move buffered bytes out of memory while it waits."""
+    park = getattr(writer, "park", None)
+    if park is not None:
+        with contextlib.suppress(OSError):  # e.g. disk full: the bytes stay in memory until expiry
+            park()
+
+
+async def _take(cas: ContentAddressableStorage, session: UploadSession, data: bytes, name: str) -> None:
+    d = session.digest
+    try:
+        for raw in session.decompressor.decompress(data, d.size - session.received):
+            cas.uploads.grow(session, len(raw))
+            session.hasher.update(raw)
+            await session.writer.write(raw)
+    except compression.TooLarge:
+        how = f"decompresses ({compression.NAMES[session.compressor]}) to" if session.compressor else "sends"
+        raise InvalidArgument(
+            f"upload {name!r} {how} more than the {d.size} bytes its digest {d} names"
+        ) from None
+    session.committed += len(data)
 
 
 async def _finish(cas: ContentAddressableStorage, session: UploadSession, name: str) -> None:
@@ -112,7 +146,7 @@ async def _finish(cas: ContentAddressableStorage, session: UploadSession, name: 
     actual = session.hasher.hexdigest()
     if actual != d.hash:
         raise InvalidArgument(f"uploaded data for {name!r} hashes to {actual}, not {d.hash}")
-    cas.uploads.remove(session.key, session)
+    cas.uploads.close(session)
     await session.writer.commit()
     session.done = True
 

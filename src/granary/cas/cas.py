@@ -19,7 +19,14 @@ from granary import digest as dg
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from granary.cas.blobstore import BlobStore, BlobWriter
 from granary.digest import BlobDigest
-from granary.errors import BlobNotFound, GranaryError, InvalidArgument, NotFound, OutOfRange
+from granary.errors import (
+    BlobNotFound,
+    GranaryError,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+)
 
 
 @dataclass
@@ -32,11 +39,57 @@ class BlobResult:
     compressor: int = compression.IDENTITY
 
 
+#: GetTree: bytes of directories in one page, and directories fetched from the store at once
+TREE_PAGE_BYTES = 2 << 20
+TREE_FETCH = 1000
+#: digests one FindMissingBlobs / BatchReadBlobs / BatchUpdateBlobs request may name
+MAX_DIGESTS_PER_REQUEST = 100_000
+
+
 class ContentAddressableStorage:
-    def __init__(self, store: BlobStore, *, max_batch_bytes: int = 4_000_000):
+    """`max_blob_bytes`: largest blob a client may announce (0: the store's own
+    `max_bytes` if it has one, else unbounded). Upload limits are passed on to
+    the UploadRegistry; `max_upload_bytes` 0 means the store's `max_bytes`.
+    """
+
+    def __init__(
+        self,
+        store: BlobStore,
+        *,
+        max_batch_bytes: int = 4_000_000,
+        max_digests_per_request: int = MAX_DIGESTS_PER_REQUEST,
+        max_blob_bytes: int = 0,
+        max_uploads: int = 10_000,
+        max_uploads_per_client: int = 1_000,
+        max_upload_bytes: int = 0,
+        upload_ttl: float = 600.0,
+    ):
         self.store = store
         self.max_batch_bytes = max_batch_bytes
-        self.uploads = UploadRegistry()
+        self.max_digests_per_request = max_digests_per_request
+        store_max = int(getattr(store, "max_bytes", 0) or 0)
+        self.max_blob_bytes = max_blob_bytes or store_max
+        self.uploads = UploadRegistry(
+            ttl=upload_ttl,
+            max_uploads=max_uploads,
+            max_uploads_per_client=max_uploads_per_client,
+            max_bytes=max_upload_bytes or store_max,
+            store=store,
+        )
+
+    def check_digest_count(self, count: int, what: str) -> None:
+        if count > self.max_digests_per_request:
+            raise InvalidArgument(
+                f"{what} names {count} digests, more than the limit of {self.max_digests_per_request}"
+                " per request; split it"
+            )
+
+    def check_blob_size(self, d: BlobDigest) -> None:
+        """Refuse, before any byte is read, a blob the store could never hold."""
+        if self.max_blob_bytes and d.size > self.max_blob_bytes:
+            raise ResourceExhausted(
+                f"blob {d} is {d.size} bytes, more than this CAS can hold ({self.max_blob_bytes} bytes)"
+            )
 
     # ---- FindMissingBlobs ---------------------------------------------------
 
@@ -85,7 +138,11 @@ class ContentAddressableStorage:
     # ---- batches ------------------------------------------------------------
 
     async def batch_update(self, items: Sequence[tuple[BlobDigest, bytes, int]]) -> list[BlobResult]:
-        """items: (digest, data as sent, compressor). Bad blobs fail alone."""
+        """items: (digest, data as sent, compressor). Bad blobs fail alone.
+
+        Callers check the claimed sizes first (check_batch_claims); each blob
+        decompresses to at most its claimed size + 1 bytes.
+        """
         results: list[BlobResult] = []
         good: list[tuple[BlobDigest, bytes]] = []
         for d, data, compressor in items:
@@ -146,6 +203,16 @@ class ContentAddressableStorage:
             raise InvalidArgument(
                 f"{what} carries {total} bytes, more than the limit of {self.max_batch_bytes}"
                 " (max_batch_total_size_bytes); use ByteStream Write"
+            )
+
+    def check_batch_claims(self, sizes: Sequence[int], what: str) -> None:
+        """Refuse a batch by what its digests claim, before decompressing anything."""
+        self.check_digest_count(len(sizes), what)
+        claimed = sum(s for s in sizes if s > 0)
+        if claimed > self.max_batch_bytes:
+            raise InvalidArgument(
+                f"{what} claims {claimed} bytes in its digests, more than the limit of"
+                f" {self.max_batch_bytes} (max_batch_total_size_bytes); use ByteStream Write"
             )
 
     # ---- single blobs -------------------------------------------------------
@@ -215,44 +282,55 @@ class ContentAddressableStorage:
         return self._tree_pages(root, start, page_size)
 
     async def _tree_pages(self, root: BlobDigest, start: int, page_size: int):
-        directories = await self._walk(root)
-        if start > len(directories):
-            raise InvalidArgument(f"page_token points past the end of tree {root}")
-        if start == len(directories):
-            yield [], ""
-            return
-        for begin in range(start, len(directories), page_size):
-            end = begin + page_size
-            token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(directories) else ""
-            yield directories[begin:end], token
+        """Stream pages while walking: only one page, the digests seen and one level are held.
 
-    async def _walk(self, root: BlobDigest) -> list[re_pb2.Directory]:
+        A page ends after `page_size` directories or TREE_PAGE_BYTES of them,
+        whichever comes first (the spec lets the server send fewer).
+        """
+        page: list[re_pb2.Directory] = []
+        page_bytes = 0
+        position = 0
+        async for directory in self._walk(root):
+            if position >= start:
+                size = directory.ByteSize()
+                if page and (len(page) >= page_size or page_bytes + size > TREE_PAGE_BYTES):
+                    yield page, base64.urlsafe_b64encode(str(position).encode()).decode()
+                    page, page_bytes = [], 0
+                page.append(directory)
+                page_bytes += size
+            position += 1
+        if start > position:
+            raise InvalidArgument(f"page_token points past the end of tree {root}")
+        yield page, ""
+
+    async def _walk(self, root: BlobDigest) -> AsyncIterator[re_pb2.Directory]:
+        """The directories under `root`, breadth first, each once; levels are fetched in slices."""
         seen = {root}
         level = [root]
-        out: list[re_pb2.Directory] = []
         while level:
-            found = await self.store.get_many([d for d in level if d.size])
             next_level: list[BlobDigest] = []
-            for d in level:
-                data = found.get(d, b"" if not d.size else None)
-                if data is None:
-                    continue  # missing parts are left out, as the spec allows
-                directory = re_pb2.Directory()
-                try:
-                    directory.ParseFromString(data)
-                except DecodeError:
-                    continue
-                out.append(directory)
-                for child in directory.directories:
+            for begin in range(0, len(level), TREE_FETCH):
+                part = level[begin : begin + TREE_FETCH]
+                found = await self.store.get_many([d for d in part if d.size])
+                for d in part:
+                    data = found.pop(d, b"" if not d.size else None)
+                    if data is None:
+                        continue  # missing parts are left out, as the spec allows
+                    directory = re_pb2.Directory()
                     try:
-                        cd = dg.make_digest(d.function, child.digest.hash, child.digest.size_bytes)
-                    except InvalidArgument:
+                        directory.ParseFromString(data)
+                    except DecodeError:
                         continue
-                    if cd not in seen:
-                        seen.add(cd)
-                        next_level.append(cd)
+                    for child in directory.directories:
+                        try:
+                            cd = dg.make_digest(d.function, child.digest.hash, child.digest.size_bytes)
+                        except InvalidArgument:
+                            continue
+                        if cd not in seen:
+                            seen.add(cd)
+                            next_level.append(cd)
+                    yield directory
             level = next_level
-        return out
 
 
 async def _empty() -> AsyncIterator[bytes]:
@@ -260,7 +338,7 @@ async def _empty() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover
 
 
-@dataclass
+@dataclass(eq=False)
 class UploadSession:
     """A ByteStream Write in progress; kept between streams so it can resume."""
 
@@ -270,6 +348,7 @@ class UploadSession:
     writer: BlobWriter
     hasher: dg.Hasher
     decompressor: compression.StreamDecompressor
+    client: str = ""  # who opened it (peer host, or the identity once there is auth)
     committed: int = 0  # in the client's write_offset units
     received: int = 0  # uncompressed bytes
     last_used: float = field(default_factory=time.monotonic)
@@ -278,26 +357,94 @@ class UploadSession:
 
 
 class UploadRegistry:
-    """In-process table of resumable uploads, expired after `ttl` seconds idle."""
+    """Every ByteStream upload of this process, bounded, and the resumable ones by key.
 
-    def __init__(self, ttl: float = 600.0):
+    Limits: `max_uploads` sessions in the process, `max_uploads_per_client`
+    per client key, and `max_bytes` bytes received by unfinished uploads
+    (they sit in memory or temp files until committed). A session counts from
+    `open` until it is committed, aborted, discarded or expired (`ttl`
+    seconds idle). The bytes in flight are also lent to the store as
+    `inflight_bytes` where it has that attribute, so it evicts to leave room
+    for them (disk and memory stores).
+    """
+
+    def __init__(
+        self,
+        ttl: float = 600.0,
+        *,
+        max_uploads: int = 10_000,
+        max_uploads_per_client: int = 1_000,
+        max_bytes: int = 0,
+        store: BlobStore | None = None,
+    ):
         self.ttl = ttl
+        self.max_uploads = max_uploads
+        self.max_uploads_per_client = max_uploads_per_client
+        self.max_bytes = max_bytes  # 0: unbounded
+        self._store = store
         self._sessions: dict[str, UploadSession] = {}
+        self._live: set[UploadSession] = set()
+        self._per_client: dict[str, int] = {}
+        self.inflight_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._live)
 
     def get(self, key: str) -> UploadSession | None:
         return self._sessions.get(key)
 
-    def add(self, session: UploadSession) -> None:
-        self._sessions[session.key] = session
+    def open(self, session: UploadSession, resumable: bool) -> None:
+        """Count a new session (raises ResourceExhausted past a limit); resumable ones get its key."""
+        if len(self._live) >= self.max_uploads:
+            raise ResourceExhausted(
+                f"{len(self._live)} uploads are in progress, the limit of this server"
+                f" (max_uploads {self.max_uploads}); retry later"
+            )
+        count = self._per_client.get(session.client, 0)
+        if count >= self.max_uploads_per_client:
+            raise ResourceExhausted(
+                f"client {session.client!r} has {count} uploads in progress, the limit"
+                f" (max_uploads_per_client {self.max_uploads_per_client}); finish or abandon some first"
+            )
+        self._live.add(session)
+        self._per_client[session.client] = count + 1
+        if resumable:
+            self._sessions[session.key] = session
+
+    def grow(self, session: UploadSession, n: int) -> None:
+        """Account `n` more bytes received by `session`; refuse past `max_bytes`."""
+        if self.max_bytes and self.inflight_bytes + n > self.max_bytes:
+            raise ResourceExhausted(
+                f"unfinished uploads hold {self.inflight_bytes} bytes; {n} more would pass the limit of"
+                f" {self.max_bytes} bytes (max_upload_bytes); retry later"
+            )
+        session.received += n
+        self._set_inflight(self.inflight_bytes + n)
+
+    def close(self, session: UploadSession) -> None:
+        """Stop counting a session (idempotent); its key goes too if it still points at it."""
+        if self._sessions.get(session.key) is session:
+            del self._sessions[session.key]
+        if session not in self._live:
+            return
+        self._live.discard(session)
+        left = self._per_client.get(session.client, 1) - 1
+        if left:
+            self._per_client[session.client] = left
+        else:
+            self._per_client.pop(session.client, None)
+        self._set_inflight(self.inflight_bytes - session.received)
+
+    def _set_inflight(self, value: int) -> None:
+        self.inflight_bytes = value
+        if self._store is not None and hasattr(self._store, "inflight_bytes"):
+            self._store.inflight_bytes = value
 
     async def discard(self, key: str) -> None:
-        s = self._sessions.pop(key, None)
+        s = self._sessions.get(key)
         if s is not None:
+            self.close(s)
             await s.writer.abort()
-
-    def remove(self, key: str, session: UploadSession) -> None:
-        if self._sessions.get(key) is session:
-            del self._sessions[key]
 
     async def expire(self) -> None:
         now = time.monotonic()

@@ -113,6 +113,10 @@ class DiskBlobStore(BlobStore):
         self.pack_file_bytes = pack_file_bytes
         self.fsync = fsync
         self.direct_io = direct_io
+        #: bytes this process's unfinished uploads hold in tmp/ and in memory (set by
+        #: the UploadRegistry): eviction leaves room for them within max_bytes, but
+        #: never evicts below half of max_bytes for them (uploads must not empty the cache)
+        self.inflight_bytes = 0
         for sub in ("packs", "blobs", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.root / "index.v2.sqlite", isolation_level=None, timeout=30)
@@ -457,8 +461,8 @@ class DiskBlobStore(BlobStore):
             ).fetchone()[0]
             if added:
                 db.execute("UPDATE meta SET v = v + 1 WHERE k = 'inserts'")
-        if total > self.max_bytes:
-            self.evict(int(self.max_bytes * 0.9))
+        if total + self.inflight_bytes > self.max_bytes:
+            self.evict(max(int(self.max_bytes * 0.9) - self.inflight_bytes, self.max_bytes // 2))
 
     def _check_room(self, size: int) -> None:
         if size > self.max_bytes:
@@ -734,6 +738,25 @@ class _DiskWriter(BlobWriter):
             for c in self._chunks:
                 await self._put(c)
             self._chunks = []
+
+    def park(self) -> None:
+        """The client went away mid-upload: move what sits in memory to the temp file.
+
+        A resumable upload may wait for its client until it expires; it must
+        not hold memory meanwhile (its temp file counts in the store's budget
+        through the UploadRegistry's in-flight bytes).
+        """
+        if self._fd >= 0 or not self._chunks:
+            return
+        store = self._store
+        direct, store.direct_io = store.direct_io, False
+        try:
+            self._open()
+        finally:
+            store.direct_io = direct
+        for c in self._chunks:
+            _write_all(self._fd, c)
+        self._chunks = []
 
     async def commit(self) -> None:
         store = self._store

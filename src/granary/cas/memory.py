@@ -16,6 +16,10 @@ class MemoryBlobStore(BlobStore):
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
+        #: bytes unfinished uploads hold in memory (set by the UploadRegistry): stored
+        #: blobs are evicted so that they and these fit in max_bytes together, but
+        #: never below half of max_bytes (uploads must not empty the cache)
+        self.inflight_bytes = 0
         self._blobs: OrderedDict[str, tuple[BlobDigest, bytes, float]] = OrderedDict()
         self.bytes = 0
 
@@ -49,7 +53,8 @@ class MemoryBlobStore(BlobStore):
                 self.bytes -= len(old[1])
             self._blobs[digest.key] = (digest, bytes(data), now)
             self.bytes += len(data)
-        while self.bytes > self.max_bytes:
+        floor = self.max_bytes // 2
+        while self.bytes > self.max_bytes or (self.bytes > floor and self.bytes + self.inflight_bytes > self.max_bytes):
             _, (_, data, _) = self._blobs.popitem(last=False)
             self.bytes -= len(data)
 

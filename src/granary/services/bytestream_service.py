@@ -8,6 +8,7 @@ from granary.cas import bytestream
 from granary.errors import InvalidArgument
 from granary.instance import Instances
 from granary.resource_names import parse_read, parse_write
+from granary.services.client_key import ClientKey, peer_host
 from granary.services.registry import Malformed
 from granary.services.status import rpc
 
@@ -19,8 +20,11 @@ def _checked(request):
 
 
 class ByteStreamService(bs_grpc.ByteStreamServicer):
-    def __init__(self, instances: Instances):
+    """`client_key` names the client an upload counts against (max_uploads_per_client)."""
+
+    def __init__(self, instances: Instances, client_key: ClientKey = peer_host):
         self.instances = instances
+        self.client_key = client_key
 
     @rpc
     async def Read(self, request, context):
@@ -46,7 +50,7 @@ class ByteStreamService(bs_grpc.ByteStreamServicer):
             except StopAsyncIteration:
                 return None
 
-        committed = await bytestream.write(cas, res, first, next_chunk)
+        committed = await bytestream.write(cas, res, first, next_chunk, self.client_key(context))
         return bs_pb2.WriteResponse(committed_size=committed)
 
     @rpc

@@ -17,6 +17,7 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
     @rpc
     async def FindMissingBlobs(self, request, context):
         cas = self.instances.get(request.instance_name).cas
+        cas.check_digest_count(len(request.blob_digests), "FindMissingBlobs")
         if request.digest_function:
             dg.resolve_function(request.digest_function, "")
         missing = await cas.find_missing_protos(request.digest_function, request.blob_digests)
@@ -27,6 +28,7 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
     @rpc
     async def BatchUpdateBlobs(self, request, context):
         cas = self.instances.get(request.instance_name).cas
+        cas.check_batch_claims([r.digest.size_bytes for r in request.requests], "BatchUpdateBlobs")
         cas.check_batch_size(sum(len(r.data) for r in request.requests), "BatchUpdateBlobs")
         fn = request.digest_function
         response = re_pb2.BatchUpdateBlobsResponse()
@@ -50,6 +52,7 @@ class CasService(re_grpc.ContentAddressableStorageServicer):
     @rpc
     async def BatchReadBlobs(self, request, context):
         cas = self.instances.get(request.instance_name).cas
+        cas.check_batch_claims([d.size_bytes for d in request.digests], "BatchReadBlobs")
         fn = request.digest_function
         response = re_pb2.BatchReadBlobsResponse()
         digests = []
