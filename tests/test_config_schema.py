@@ -96,7 +96,7 @@ def test_every_key_has_a_one_sentence_description():
 def test_execution_keys_are_all_described():
     keys = ["database", "default_timeout", "max_timeout", "bot_timeout", "bot_long_poll", "poll_interval",
             "retry_limit", "cache_failed_actions", "known_platforms", "platform_grace", "local_workers",
-            "retention"]
+            "retention", "max_bot_concurrency", "lease_ack_timeout"]
     assert sorted(ExecutionConfig.model_fields) == sorted(keys)
     for key in keys:
         assert ExecutionConfig.model_fields[key].description
@@ -154,7 +154,9 @@ def error(text: str) -> str:
     ('storage: {main: {type: disk, path: x, max_size: lots}}\ninstances: {"*": {cas: main}}',
      "storage.main.max_size: expected a size like 10GiB or 500MB, got 'lots'"),
     ('server: {listen: "127.0.0.1:1", colour: red}\ninstances: {"*": {cas: {type: memory}}}',
-     "server.colour: unknown key (allowed: data_dir, drain_timeout, listen, max_batch_size, processes)"),
+     "server.colour: unknown key (allowed: ac_max_inline_size, ac_max_result_size, data_dir, drain_timeout, listen, max_batch_size, "
+     "max_blob_size, max_digests_per_request, max_upload_bytes, max_uploads, max_uploads_per_client, processes, "
+     "upload_ttl)"),
     ('server: {processes: 0}\ninstances: {"*": {cas: {type: memory}}}',
      "server.processes: expected auto or a whole number >= 1, got 0"),
     ('instances: {"*": {cas: {type: memory}, action_cache: nope}}',

@@ -58,7 +58,17 @@ def build_app(cfg: Config) -> App:
     def cas_for(name: str) -> ContentAddressableStorage:
         if name not in cas_by_store:
             blob_stores[name] = builder.named_blob_store(name)
-            cas_by_store[name] = ContentAddressableStorage(blob_stores[name], max_batch_bytes=cfg.max_batch_size)
+            limits = cfg.server
+            cas_by_store[name] = ContentAddressableStorage(
+                blob_stores[name],
+                max_batch_bytes=cfg.max_batch_size,
+                max_digests_per_request=limits.max_digests_per_request,
+                max_blob_bytes=limits.max_blob_size,
+                max_uploads=limits.max_uploads,
+                max_uploads_per_client=limits.max_uploads_per_client,
+                max_upload_bytes=limits.max_upload_bytes,
+                upload_ttl=limits.upload_ttl,
+            )
         return cas_by_store[name]
 
     def ac_store_for(name: str) -> ActionCacheStore:
@@ -77,6 +87,8 @@ def build_app(cfg: Config) -> App:
                 allow_updates=spec.allow_updates,
                 write_once=spec.write_once,
                 check_completeness=spec.check_completeness,
+                max_inline_field_bytes=cfg.server.ac_max_inline_size,
+                max_result_bytes=cfg.server.ac_max_result_size,
             )
         inst = Instance(name, cas, ac)
         if spec.execution and cfg.execution is not None:

@@ -41,6 +41,7 @@ from granary.config_models import (
     ExecutionConfig,
     GranaryConfig,
     InstanceSection,
+    ServerSection,
     Shard,
     SizeTier,
     Store,
@@ -106,6 +107,7 @@ class Config:
     processes: int | None  # None: auto
     max_batch_size: int
     drain_timeout: float  # seconds a stopping server lets running actions finish
+    server: ServerSection = field(default_factory=ServerSection, compare=False)  # limits and the rest of `server:`
     storage: dict[str, StoreSpec] = field(default_factory=dict)
     action_caches: dict[str, StoreSpec] = field(default_factory=dict)
     instances: dict[str, InstanceSpec] = field(default_factory=dict)
@@ -223,7 +225,7 @@ def _build(file: GranaryConfig, data_dir: Path) -> Config:
     cfg = Config(
         data_dir=Path(os.path.expanduser(server.data_dir)) if server.data_dir else data_dir,
         host=host, port=port, processes=server.processes, max_batch_size=server.max_batch_size,
-        drain_timeout=server.drain_timeout, execution=file.execution, file=file,
+        drain_timeout=server.drain_timeout, server=server, execution=file.execution, file=file,
     )
     cfg.storage = {name: _spec(store, f"storage.{name}") for name, store in file.storage.items()}
     cfg.action_caches = {name: _spec(store, f"action_caches.{name}") for name, store in file.action_caches.items()}

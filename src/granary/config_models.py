@@ -292,6 +292,7 @@ class MemoryAc(Store):
     kind = "memory"
     type: Literal["memory"] = Field(description="Store type.")
     max_entries: Count = Field(100_000, description="Results kept before the oldest are dropped.")
+    max_size: Size = Field(256 << 20, description="Bytes of results kept before the oldest are dropped.")
 
 
 class DiskAc(Store):
@@ -301,6 +302,7 @@ class DiskAc(Store):
     type: Literal["disk"] = Field(description="Store type.")
     path: Text = Field(description="Directory of the store, relative to the data directory.")
     max_entries: Count = Field(0, description="Results kept before the oldest are dropped; 0: no limit.")
+    max_size: Size = Field(1 << 30, description="Bytes of results kept before the oldest are dropped.")
 
 
 class SqliteAc(Store):
@@ -310,6 +312,7 @@ class SqliteAc(Store):
     type: Literal["sqlite"] = Field(description="Store type.")
     path: Text = Field(description="SQLite file, relative to the data directory.")
     max_entries: Count = Field(0, description="Results kept before the oldest are dropped; 0: no limit.")
+    max_size: Size = Field(1 << 30, description="Bytes of results kept before the oldest are dropped.")
 
 
 class RedisAc(RedisConnection):
@@ -399,6 +402,20 @@ class ServerSection(Section):
     data_dir: OptText = Field(
         None, description="Where relative paths live; default ~/.local/share/granary (or --data-dir).")
     drain_timeout: Duration = Field(30.0, description="How long a stopping server lets running actions finish.")
+    max_uploads: Positive = Field(
+        10_000, description="Unfinished ByteStream uploads one server process keeps at once; more get RESOURCE_EXHAUSTED.")
+    max_uploads_per_client: Positive = Field(
+        1_000, description="Unfinished uploads one client (peer address) may keep in one server process.")
+    max_upload_bytes: Size = Field(
+        0, description="Bytes unfinished uploads may hold together per store; 0: the store's max_size.")
+    upload_ttl: Duration = Field(600.0, description="An upload idle this long is dropped with its bytes.")
+    max_digests_per_request: Positive = Field(
+        100_000, description="Digests accepted in one FindMissingBlobs or batch request.")
+    max_blob_size: Size = Field(
+        0, description="Largest blob accepted; 0: the store's max_size (no limit for stores without one).")
+    ac_max_inline_size: Size = Field(
+        1 << 20, description="Largest inline stdout_raw, stderr_raw or output file contents in an action result.")
+    ac_max_result_size: Size = Field(3 << 20, description="Largest serialized action result accepted.")
 
 
 class InstanceSection(Section):
@@ -479,6 +496,10 @@ class ExecutionConfig(Section):
     local_workers: AutoCount = Field(
         "auto", validate_default=True, description="Slots of the `granary worker` that serve starts; auto: one per core; 0: none.")
     retention: Duration = Field(86400.0, description="How long finished operations stay listed.")
+    max_bot_concurrency: Positive = Field(
+        64, description="Most leases one bot session holds at once; a larger claimed concurrency is capped.")
+    lease_ack_timeout: Duration = Field(
+        30.0, description="A lease a bot does not acknowledge this long goes back to the queue for other bots.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ExecutionConfig:

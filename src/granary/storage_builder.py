@@ -141,11 +141,13 @@ class StoreBuilder:
         require_store(spec.type, o, spec.where)
         store: ActionCacheStore
         if spec.type == "memory":
-            store = MemoryActionCacheStore(o["max_entries"])
+            store = MemoryActionCacheStore(o["max_entries"], o["max_size"])
         elif spec.type == "disk":
-            store = SqliteActionCacheStore(cfg.resolve_path(o["path"]) / "actioncache.sqlite", o["max_entries"])
+            store = SqliteActionCacheStore(
+                cfg.resolve_path(o["path"]) / "actioncache.sqlite", o["max_entries"], o["max_size"]
+            )
         elif spec.type == "sqlite":
-            store = SqliteActionCacheStore(cfg.resolve_path(o["path"]), o["max_entries"])
+            store = SqliteActionCacheStore(cfg.resolve_path(o["path"]), o["max_entries"], o["max_size"])
         elif spec.type == "redis":
             from granary.actioncache.redis import RedisActionCacheStore
 

@@ -27,9 +27,10 @@ class DrainableBotSessions(BotSessions):
     leases) and that know which bots hold unfinished leases through this process."""
 
     def __init__(
-        self, cfg: ExecutionConfig, queue: JobQueue, notifier: Notifier, instances: Instances, scheduler: Scheduler
+        self, cfg: ExecutionConfig, queue: JobQueue, notifier: Notifier, instances: Instances, scheduler: Scheduler,
+        **options: int,
     ) -> None:
-        super().__init__(cfg, queue, notifier, instances, scheduler)
+        super().__init__(cfg, queue, notifier, instances, scheduler, **options)
         self.draining = False
         # a bot silent this long no longer counts as working here (its calls went elsewhere)
         self.stale_after = 2 * self.cfg.bot_long_poll + 5.0

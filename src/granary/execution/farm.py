@@ -21,6 +21,7 @@ from granary.execution.jobqueue import NOTIFY_CHANNEL, JobQueue
 from granary.execution.notifier import Notifier
 from granary.execution.scheduler import Scheduler
 from granary.instance import Instances
+from granary.sql import resolve_url
 
 log = logging.getLogger("granary.execution")
 REAP_EVERY = 15.0  # seconds at most between housekeeping passes (silent bots, overdue jobs, old history)
@@ -29,7 +30,9 @@ REAP_EVERY = 15.0  # seconds at most between housekeeping passes (silent bots, o
 def database_url(cfg: Config) -> str:
     ex = cfg.execution
     assert ex is not None
-    return ex.database or f"sqlite:///{cfg.data_dir / 'execution.sqlite'}"
+    if ex.database is None:
+        return f"sqlite:///{cfg.data_dir / 'execution.sqlite'}"
+    return resolve_url(ex.database, cfg.data_dir)  # a relative SQLite file lives in the data directory
 
 
 def sqlite_peers_dir(url: str) -> Path | None:
@@ -45,7 +48,7 @@ def sqlite_peers_dir(url: str) -> Path | None:
 class ExecutionFarm:
     def __init__(self, cfg: ExecutionConfig, url: str, instances: Instances):
         self.cfg = cfg
-        self.queue = JobQueue(url, retry_limit=cfg.retry_limit)
+        self.queue = JobQueue(url, retry_limit=cfg.retry_limit, lease_ack_timeout=cfg.lease_ack_timeout)
         self.queue.create_schema()
         self.notifier = Notifier(
             cfg.poll_interval,
@@ -54,7 +57,9 @@ class ExecutionFarm:
             peers_dir=sqlite_peers_dir(url),
         )
         self.scheduler = Scheduler(cfg, self.queue, self.notifier)
-        self.bots = DrainableBotSessions(cfg, self.queue, self.notifier, instances, self.scheduler)
+        self.bots = DrainableBotSessions(
+            cfg, self.queue, self.notifier, instances, self.scheduler, max_bot_concurrency=cfg.max_bot_concurrency
+        )
         self.up_since = time.time()
         self._reaper: asyncio.Task | None = None
 
@@ -90,7 +95,7 @@ class ExecutionFarm:
             self.notifier.queue_changed()
 
     async def _reap_forever(self) -> None:
-        interval = max(0.2, min(REAP_EVERY, self.cfg.bot_timeout / 4))
+        interval = max(0.2, min(REAP_EVERY, self.cfg.bot_timeout / 4, self.cfg.lease_ack_timeout / 4))
         while True:
             await asyncio.sleep(interval)
             try:
