@@ -324,3 +324,12 @@ def test_schema_validates_the_readme_and_docs_examples(schema):
                   {"execution": {"default_timeout": "soon"}},
                   {"instances": {"*": {"cas": {"type": "disk"}}}}):
         assert not validator.is_valid(wrong), wrong
+
+
+def test_schema_piped_into_a_reader_that_stops_early_prints_no_traceback():
+    done = subprocess.run(
+        ["sh", "-c", f"'{sys.executable}' -m granary config schema | head -c 10"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.stdout == '{\n  "$sche'
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

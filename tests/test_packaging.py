@@ -99,6 +99,12 @@ def test_backend_without_its_library_stops_start_up_naming_the_extra(tmp_path, w
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [f"granary: configuration error: {where} {NEEDS[extra]}"]
     assert done.stdout == ""
+    # `granary config check` refuses what serve would refuse
+    cfg = tmp_path / "granary.yaml"
+    checked = subprocess.run([sys.executable, "-m", "granary", "config", "check", str(cfg)],
+                             env=without_extras, capture_output=True, text=True, timeout=120, check=False)
+    assert checked.returncode == 2, checked.stdout
+    assert checked.stderr.splitlines() == [f"granary: configuration error: {cfg}: {where} {NEEDS[extra]}"]
 
 
 def test_plain_install_serves_disk_and_sqlite_without_the_extras(tmp_path, without_extras, monkeypatch):

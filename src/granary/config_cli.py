@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from granary.config import as_dict, load
+from granary.config import Config, StoreRef, StoreSpec, as_dict, child_stores, load
 from granary.config_models import GranaryConfig
 from granary.errors import ConfigError
+from granary.extras import require_database, require_store
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -34,20 +36,41 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.config_command == "show":
         sys.stdout.write(show(args.config, args.data_dir))
         return 0
-    json.dump(schema(), sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    try:
+        json.dump(schema(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `granary config schema | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
 def check(path: Path) -> int:
     try:
-        load(path, None)
+        cfg = load(path, None)
+        require_libraries(cfg)
     except ConfigError as e:
         message = str(e) if str(path) in str(e) else f"{path}: {e}"
         print(f"granary: configuration error: {message}", file=sys.stderr)
         return 2
     print(f"{path}: ok")
     return 0
+
+
+def require_libraries(cfg: Config) -> None:
+    """What `serve` would refuse for a missing extra (redis, s3, postgres), `check` refuses too."""
+    def walk(spec: StoreSpec | StoreRef) -> None:
+        if isinstance(spec, StoreSpec):
+            require_store(spec.type, spec.options, spec.where)
+            for _, child in child_stores(spec):
+                walk(child)
+
+    for spec in (*cfg.storage.values(), *cfg.action_caches.values()):
+        walk(spec)
+    if cfg.execution is not None and any(i.execution for i in cfg.instances.values()):
+        from granary.execution.farm import database_url
+
+        require_database(database_url(cfg), "execution.database", notify=True)
 
 
 def show(path: Path | None, data_dir: Path | None) -> str:

@@ -121,13 +121,13 @@ class ActionCache:
             if size > cap:
                 raise InvalidArgument(
                     f"ActionResult {what} is {size} bytes, more than the cap of {cap} bytes inline"
-                    " (max_inline_field_bytes); upload it to the CAS and give its digest"
+                    " (server.ac_max_inline_size); upload it to the CAS and give its digest"
                 )
         raw = result.SerializeToString(deterministic=True)
         if len(raw) > self.max_result_bytes:
             raise InvalidArgument(
                 f"ActionResult is {len(raw)} bytes serialized, more than the cap of"
-                f" {self.max_result_bytes} bytes (max_result_bytes)"
+                f" {self.max_result_bytes} bytes (server.ac_max_result_size)"
             )
         return raw
 
