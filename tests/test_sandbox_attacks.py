@@ -174,12 +174,18 @@ def _alive_with(marker: str) -> list[int]:
 def test_daemonized_children_do_not_outlive_the_action(client, executor, how):
     marker = f"granary-daemon-{uuid.uuid4().hex}"
     if how == "setsid":
-        argv = ["sh", "-c", f"setsid sh -c 'sleep 300; : {marker}' > /dev/null 2>&1 < /dev/null & sleep 0.3"]
+        # The action ends once its child has left the process group.
+        script = (f"setsid sh -c 'touch ready; sleep 300; : {marker}' > /dev/null 2>&1 < /dev/null &"
+                  " while [ ! -e ready ]; do sleep 0.05; done")
+        argv = ["sh", "-c", script]
     else:
         daemon = ("import os, time\n"
-                  "if os.fork(): os._exit(0)\n"
+                  "if os.fork():\n"
+                  "    while not os.path.exists('ready'): time.sleep(0.05)\n"
+                  "    os._exit(0)\n"
                   "os.setsid()\n"
                   "if os.fork(): os._exit(0)\n"
+                  "open('ready', 'w').close()\n"
                   "time.sleep(300)\n")
         if not os.access(SYSTEM_PYTHON, os.X_OK):
             pytest.skip(f"{SYSTEM_PYTHON} is not installed")
@@ -198,11 +204,24 @@ def test_daemonized_children_do_not_outlive_the_action(client, executor, how):
 # ---- 3. cached inputs stay as they were ------------------------------------------------------
 
 
-def test_an_action_cannot_rewrite_a_cached_input(client, executor):
+@pytest.fixture(params=["bwrap", "none", "none-same-uid"])
+def any_executor(request, server, tmp_path):
+    """Also a worker whose actions run as its own uid (any worker that is not root): inputs are copies."""
+    ex = _executor(server, tmp_path, request.param.removesuffix("-same-uid"))
+    if request.param.endswith("-same-uid"):
+        ex.sandbox, ex.action_user = NoSandbox(None), None
+    return ex
+
+
+def test_an_action_cannot_rewrite_a_cached_input(client, any_executor):
+    executor = any_executor
     original = unique("pristine input")
     inputs = {"input": original}
-    evil = put_action(client, ["sh", "-c", "chmod u+w input; echo evil > input; cat input > seen"],
-                      inputs, output_files=["seen"])
+    # Same size, mode and mtime afterwards, so a check of those alone does not notice.
+    rewrite = ("t=$(stat -c %.9Y input); n=$(stat -c %s input); chmod u+w input;"
+               " head -c $n /dev/zero | tr '\\0' E > input;"
+               " touch -d @$t input; chmod 444 input; cat input > seen")
+    evil = put_action(client, ["sh", "-c", rewrite], inputs, output_files=["seen"])
     result, status = run_action(executor, evil)
     assert status.code == 0, status
     later = put_action(client, ["sh", "-c", "cat input > seen"], inputs, output_files=["seen"])
