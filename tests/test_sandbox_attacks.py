@@ -336,3 +336,42 @@ def test_path_explosion_is_refused_before_building(farm):
     again = put_action(client, ["sh", "-c", "echo still-serving > o"], output_files=["o"])
     r = final_response(execute(client, execution, again))
     assert r.status.code == 0 and client.bs_read(r.result.output_files[0].digest) == b"still-serving\n"
+
+
+def test_network_is_a_platform_property_the_server_matches(farm):
+    from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+
+    _, client, _, _ = farm
+    execution = re_grpc.ExecutionStub(client.channel)
+    assert final_response(execute(client, execution, put_action(client, ["true"]))).status.code == 0  # worker up
+
+    def status_of(action: re_pb2.Action):
+        try:
+            return final_response(execute(client, execution, action))
+        except grpc.RpcError as e:  # refused by Execute itself: no registered worker offers the property
+            return e
+
+    counts = {}
+    for network in ("off", "standard"):
+        r = status_of(_netdevs_action(client, network))
+        if isinstance(r, grpc.RpcError):
+            assert network == "off" and "dockerNetwork=off" in r.details()  # a worker without netns
+            continue
+        assert r.status.code == 0, r.status
+        counts[network] = client.bs_read(r.result.output_files[0].digest).decode().strip()
+    if "off" in counts:
+        assert counts["off"] == "1"
+    refused = status_of(_netdevs_action(client, "host"))
+    assert isinstance(refused, grpc.RpcError) and refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "dockerNetwork=host" in refused.details()
+
+
+def test_environment_reaches_the_action_exactly(client, executor):
+    action = put_action(client, ["sh", "-c", "env > env.txt"], env={"FOO": "bar baz", "LD_PRELOAD": ""},
+                        output_files=["env.txt"])
+    result, status = run_action(executor, action)
+    assert status.code == 0 and result.exit_code == 0, status
+    lines = client.bs_read(result.output_files[0].digest).decode().splitlines()
+    names = {line.split("=", 1)[0] for line in lines}
+    assert names <= {"FOO", "LD_PRELOAD", "PATH", "PWD", "SHLVL", "_", "OLDPWD"}, names
+    assert "FOO=bar baz" in lines

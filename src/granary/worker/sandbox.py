@@ -133,9 +133,10 @@ class Bubblewrap:
     reaper = False
 
     def __init__(self, bwrap: str, extra_paths: tuple[str, ...] = (), unshare_net: bool = True,
-                 user: ActionUser | None = None, setpriv: str | None = None):
+                 user: ActionUser | None = None, setpriv: str | None = None, disable_userns: bool = True):
         self.bwrap = bwrap
         self.unshare_net = unshare_net
+        self.disable_userns = disable_userns
         self.user = user
         self.setpriv = setpriv
         self.paths = tuple(dict.fromkeys([*SYSTEM_PATHS, *etc_paths(), *extra_paths]))
@@ -180,7 +181,7 @@ class Bubblewrap:
         return [
             self.bwrap,
             *(["--args", str(env_fd)] if env_fd >= 0 else []),
-            "--die-with-parent", "--unshare-user", *ids, "--disable-userns",
+            "--die-with-parent", "--unshare-user", *ids, *(["--disable-userns"] if self.disable_userns else []),
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             *(["--unshare-net"] if self.unshare_net and not network else []),
             "--cap-drop", "ALL",
@@ -255,10 +256,16 @@ def make_sandbox(mode: str, extra_paths: tuple[str, ...] = (), user: ActionUser 
         why = _probe(box)
         if not why:
             return box
-        # maybe only network namespaces are refused (some containers)
-        box = Bubblewrap(exe, extra_paths, unshare_net=False, user=user, setpriv=setpriv)
-        if not _probe(box):
-            log.warning("bubblewrap cannot create a network namespace here (%s); actions keep the network", why)
+        # bubblewrap before 0.8 has no --disable-userns; some containers refuse network namespaces
+        for net, no_userns in ((True, False), (False, True), (False, False)):
+            box = Bubblewrap(exe, extra_paths, unshare_net=net, user=user, setpriv=setpriv, disable_userns=no_userns)
+            if _probe(box):
+                continue
+            if not no_userns:
+                log.warning("bubblewrap cannot disable user namespaces inside the sandbox (%s); actions may"
+                            " create their own (still without privileges on the host)", why)
+            if not net:
+                log.warning("bubblewrap cannot create a network namespace here (%s); actions keep the network", why)
             return box
     if mode == "bwrap":
         raise ValueError(f"--sandbox=bwrap: bubblewrap does not work here: {why}")
