@@ -569,9 +569,11 @@ def fake_bots():
 
 
 def _worker(tmp_path, cas_address, bots_address, **kw) -> tuple[Worker, threading.Thread]:
+    # action_user=None: actions run as the test's own uid, because these tests watch them through
+    # files under tmp_path, which nobody (the default action uid of a root worker) cannot reach.
     cfg = WorkerConfig(server=bots_address, concurrency=kw.pop("concurrency", 1),
                        cache_dir=tmp_path / "wcache" / "cas", sandbox="none", name="fake-test",
-                       poll_timeout=5, **kw)
+                       poll_timeout=5, action_user=None, **kw)
     worker = Worker(cfg)
     # The CAS lives on the real granary server; the fake only speaks Bots.
     worker.executor.remote = RemoteCas(grpc.insecure_channel(cas_address), "")

@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from granary.config import parse_size
 from granary.errors import ConfigError
 from granary.writable_dir import ensure_writable_dir
+from granary.worker.inputs import DEFAULT_MAX_DEPTH, DEFAULT_MAX_PATHS, InputLimits
+from granary.worker.sandbox import ActionUser, default_user
+
+
+def parse_action_user(text: str | None, euid: int) -> ActionUser | None:
+    """--action-uid UID[:GID] (GID defaults to UID); only a root worker can run actions as another uid."""
+    if text is None:
+        return default_user()
+    uid_s, _, gid_s = text.partition(":")
+    try:
+        uid, gid = int(uid_s), int(gid_s or uid_s)
+    except ValueError:
+        raise ConfigError(f"--action-uid: expected UID or UID:GID (numbers), got {text!r}") from None
+    if uid <= 0 or gid <= 0:
+        raise ConfigError(f"--action-uid: actions must not run as root, got {text!r}")
+    if euid != 0:
+        if uid == euid:
+            return None
+        raise ConfigError(f"--action-uid {text}: only a worker running as root can run actions as another uid")
+    return ActionUser(uid, gid)
 
 
 def add_parser(sub) -> None:
@@ -25,6 +46,14 @@ def add_parser(sub) -> None:
                    help="bwrap: run actions under bubblewrap; auto (default): bwrap when it works here")
     p.add_argument("--sandbox-path", action="append", default=[], metavar="PATH",
                    help="extra host path to show read-only inside the bwrap sandbox (repeatable)")
+    p.add_argument("--action-uid", metavar="UID[:GID]",
+                   help="host uid (and gid) actions run as when the worker is root (default 65534:65534, nobody);"
+                        " never 0. A worker that is not root runs actions as itself")
+    p.add_argument("--max-input-paths", type=int, default=DEFAULT_MAX_PATHS,
+                   help="refuse input trees that expand to more files, symlinks and directories"
+                        f" (default {DEFAULT_MAX_PATHS})")
+    p.add_argument("--max-input-depth", type=int, default=DEFAULT_MAX_DEPTH,
+                   help=f"refuse input trees with more nested directories (default {DEFAULT_MAX_DEPTH})")
     p.add_argument("--name", help="worker name, prefix of bot ids (default: host name); give each worker its own:"
                    " a worker restarted with the same name takes over (and gives back) its old leases")
     p.add_argument("--shutdown-grace", type=float, default=30.0,
@@ -43,6 +72,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         props = [parse_property(p) for p in args.property]
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    for flag, value in (("--max-input-paths", args.max_input_paths), ("--max-input-depth", args.max_input_depth)):
+        if value < 1:
+            raise ConfigError(f"{flag}: expected 1 or more, got {value}")
     cfg = WorkerConfig(
         server=args.server,
         instance=args.instance,
@@ -53,6 +85,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         sandbox=args.sandbox,
         sandbox_paths=tuple(args.sandbox_path),
         shutdown_grace=args.shutdown_grace,
+        action_user=parse_action_user(args.action_uid, os.geteuid()),
+        input_limits=InputLimits(args.max_input_paths, args.max_input_depth),
     )
     if args.cache_dir is not None:
         cfg.cache_dir = args.cache_dir

@@ -13,7 +13,7 @@ import shutil
 import stat
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -26,13 +26,13 @@ from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 
 from granary.digest import BlobDigest
 from granary.errors import FailedPrecondition, GranaryError, InvalidArgument
 from granary.services.status import rich_status
-from granary.worker.inputs import materialise
+from granary.worker.inputs import InputLimits, Staging, materialise
 from granary.worker.local_cas import LocalCas
 from granary.worker.outputs import Collector, collect, output_parents
 from granary.worker.paths import check_relative, inside, resolve_in_root
 from granary.worker.process import Command, CommandCancelled
 from granary.worker.remote_cas import MissingBlobs, RemoteCas, UploadError
-from granary.worker.sandbox import Sandbox
+from granary.worker.sandbox import NETWORK_PROPERTY, NETWORK_VALUES, ActionUser, Sandbox
 
 log = logging.getLogger("granary.worker.execute")
 
@@ -65,6 +65,15 @@ class Executor:
     sandbox: Sandbox
     work_dir: Path
     worker_name: str
+    action_user: ActionUser | None = None  # the uid actions run as (None: the worker's own)
+    input_limits: InputLimits = field(default_factory=InputLimits)
+
+    def staging(self) -> Staging:
+        """Hardlinks from the cache only for another uid than the cache's owner; copies otherwise."""
+        user = self.action_user
+        if user is None or user.uid == os.geteuid():
+            return Staging(None, copy=True, limits=self.input_limits)
+        return Staging((user.uid, user.gid), copy=False, limits=self.input_limits)
 
 
 class ActionRun:
@@ -146,26 +155,35 @@ class ActionRun:
         root = work / "root"
         root.mkdir()
         input_root = dg.make_digest(function, action.input_root_digest.hash, action.input_root_digest.size_bytes)
-        layout = materialise(self.ex.remote, self.ex.local, function, input_root, root)
-        cwd = self._prepare(root, command, layout.filesystem_image)
+        network = wants_network(action, command)
+        staging = self.ex.staging()
+        layout = materialise(self.ex.remote, self.ex.local, function, input_root, root, staging)
+        cwd = self._prepare(root, command, layout.filesystem_image, staging.owner)
         self.meta.input_fetch_completed_timestamp.CopyFrom(now())
         self._check()
 
         env = {e.name: e.value for e in command.environment_variables}
         env.setdefault("PATH", DEFAULT_PATH)
+        env_fd = environment_fd(env, reaper=self.ex.sandbox.reaper)
         timeout = action.timeout.ToTimedelta().total_seconds() if action.HasField("timeout") else 0
-        if layout.filesystem_image:
-            rel_cwd = check_relative(command.working_directory, "working_directory")
-            argv = self.ex.sandbox.wrap_image(list(command.arguments), root, rel_cwd)
-            cwd = root  # bubblewrap enters the working directory inside the image
-            log.info("command %s runs with its input root as / (a filesystem image)", action.command_digest.hash)
-        else:
-            argv = self.ex.sandbox.wrap(list(command.arguments), root, cwd)
-        self.meta.execution_start_timestamp.CopyFrom(now())
         try:
-            outcome = self.command_run.run(argv, env, cwd, work / "stdout", work / "stderr", timeout or None)
-        except CommandCancelled:
-            raise Cancelled() from None
+            if layout.filesystem_image:
+                rel_cwd = check_relative(command.working_directory, "working_directory")
+                argv = self.ex.sandbox.wrap_image(list(command.arguments), root, rel_cwd, network, env_fd)
+                cwd = root  # bubblewrap enters the working directory inside the image
+                log.info("command %s runs with its input root as / (a filesystem image)",
+                         action.command_digest.hash)
+            else:
+                argv = self.ex.sandbox.wrap(list(command.arguments), root, cwd, network, env_fd)
+            self.meta.execution_start_timestamp.CopyFrom(now())
+            try:
+                # The environment goes through env_fd: the wrapper (bwrap or the reaper, maybe root) gets none.
+                outcome = self.command_run.run(argv, {"PATH": DEFAULT_PATH}, cwd, work / "stdout", work / "stderr",
+                                               timeout or None, pass_fds=(env_fd,), graceful=self.ex.sandbox.reaper)
+            except CommandCancelled:
+                raise Cancelled() from None
+        finally:
+            os.close(env_fd)
         self.meta.execution_completed_timestamp.CopyFrom(now())
         self.meta.virtual_execution_duration.FromNanoseconds(int(outcome.seconds * 1e9))
         self._check()
@@ -184,7 +202,8 @@ class ActionRun:
                                      message=f"action timed out after {timeout:g}s; its process group was killed")
         return status_pb2.Status(code=0)
 
-    def _prepare(self, root: Path, command: re_pb2.Command, filesystem_image: bool) -> Path:
+    def _prepare(self, root: Path, command: re_pb2.Command, filesystem_image: bool,
+                 owner: tuple[int, int] | None = None) -> Path:
         """Working directory and output parents, created inside the input root.
 
         In a filesystem image they are made as `mkdir -p` inside the image
@@ -195,15 +214,51 @@ class ActionRun:
         for rel in [wd, *output_parents(command)]:
             if not rel:
                 continue
+            made: list[str] = []
             if filesystem_image:
                 what = "working_directory" if rel == wd else "output path parent"
-                resolve_in_root(str(root), rel, what, create=True)
-                continue
-            path = root / rel
-            path.mkdir(parents=True, exist_ok=True)
-            if not inside(str(root), str(path)):
-                raise InvalidArgument(f"path {rel!r} resolves outside the input root through a symlink")
+                resolve_in_root(str(root), rel, what, create=True, made=made)
+            else:
+                path = root
+                for part in rel.split("/"):
+                    path = path / part
+                    if not path.exists():
+                        path.mkdir()
+                        made.append(str(path))
+                if not inside(str(root), str(path)):
+                    raise InvalidArgument(f"path {rel!r} resolves outside the input root through a symlink")
+            for p in made if owner is not None else []:
+                os.lchown(p, *owner)
         return root / wd if wd else root
+
+
+def wants_network(action: re_pb2.Action, command: re_pb2.Command) -> bool:
+    """dockerNetwork=standard in the action's platform (Action.platform first, then Command.platform)."""
+    platform = action.platform if action.platform.properties else command.platform
+    values = {p.value for p in platform.properties if p.name == NETWORK_PROPERTY}
+    for v in values:
+        if v not in NETWORK_VALUES:
+            raise InvalidArgument(f"platform property {NETWORK_PROPERTY}={v!r} is not supported"
+                                  f" (expected one of {', '.join(NETWORK_VALUES)})")
+    if len(values) > 1:
+        raise InvalidArgument(f"platform property {NETWORK_PROPERTY} is given twice: {sorted(values)}")
+    return values == {"standard"}
+
+
+def environment_fd(env: dict[str, str], reaper: bool) -> int:
+    """A memory file holding the action's environment: bwrap --args options, or NAME=VALUE for the reaper."""
+    items: list[bytes] = [] if reaper else [b"--clearenv"]
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            raise InvalidArgument(f"environment variable {name!r}: invalid name or value")
+        if reaper:
+            items.append(f"{name}={value}".encode("utf-8", "surrogateescape"))
+        else:
+            items += [b"--setenv", name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")]
+    fd = os.memfd_create("granary-action-env")
+    os.write(fd, b"".join(i + b"\0" for i in items))
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _parse(cls, blob: bytes, what: str):

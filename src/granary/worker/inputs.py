@@ -3,9 +3,19 @@
 Every Directory is checked before anything touches the disk: names are single
 components, unique within their directory, and symlinks stay inside the
 input root: relative targets that never climb above it, except in a
-filesystem image, where every target is read with the image as '/'. Files
-are hardlinked from the cache (read-only), directories are created, symlinks
-come last; a final check resolves every symlink on disk (host-tools roots).
+filesystem image, where every target is read with the image as '/'. Before
+that, the tree is measured: a few KB of Directory messages that list the same
+child many times expand to millions of paths, so a tree whose expanded paths
+or depth exceed the worker's InputLimits is refused before anything is
+built (counted over the distinct directories, each once).
+
+Files are hardlinked from the cache (read-only) when the action runs as
+another uid than the worker, who owns the cache: the action can neither
+write nor chmod them. When it runs as the worker's own uid it could chmod a
+hardlink and rewrite the cached bytes for later actions, so files are then
+copied (a reflink where the filesystem can). Directories are created (owned
+by the action uid), symlinks come last; a final check resolves every symlink
+on disk (host-tools roots).
 """
 
 from __future__ import annotations
@@ -27,6 +37,16 @@ from granary.worker.paths import check_name, inside, symlink_stays_inside
 from granary.worker.remote_cas import MissingBlobs, RemoteCas, from_proto
 
 FETCH_THREADS = 4
+DEFAULT_MAX_PATHS = 1_000_000
+DEFAULT_MAX_DEPTH = 256
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Bounds of an input tree, checked before anything is built."""
+
+    max_paths: int = DEFAULT_MAX_PATHS  # files, symlinks and directories, counted as the tree expands
+    max_depth: int = DEFAULT_MAX_DEPTH  # directories from the root to the deepest one
 
 
 @dataclass
@@ -39,11 +59,28 @@ class Layout:
     filesystem_image: bool = False  # run with the input root as '/' (see is_filesystem_image)
 
 
-def fetch_tree(remote: RemoteCas, function: int, root: BlobDigest) -> dict[BlobDigest, re_pb2.Directory]:
-    """All Directory messages of a tree, fetched level by level in batches."""
+def _too_deep(root: BlobDigest, depth: int, limits: InputLimits) -> InvalidArgument:
+    return InvalidArgument(f"input tree {root} is more than {limits.max_depth} directories deep, above this"
+                           f" worker's bound (--max-input-depth={limits.max_depth})")
+
+
+def _too_many(root: BlobDigest, count: int, limits: InputLimits, what: str = "paths") -> InvalidArgument:
+    return InvalidArgument(f"input tree {root} has {count} {what}, above this worker's bound of"
+                           f" {limits.max_paths} (--max-input-paths={limits.max_paths})")
+
+
+def fetch_tree(remote: RemoteCas, function: int, root: BlobDigest,
+               limits: InputLimits = InputLimits()) -> dict[BlobDigest, re_pb2.Directory]:
+    """All distinct Directory messages of a tree, fetched level by level in batches, within limits."""
     tree: dict[BlobDigest, re_pb2.Directory] = {}
     level = [root]
+    depth = 0
     while level:
+        if depth > limits.max_depth:
+            raise _too_deep(root, depth, limits)
+        if len(tree) + len(level) > limits.max_paths:
+            raise _too_many(root, len(tree) + len(level), limits, "distinct directories or more")
+        depth += 1
         blobs = remote.read_small(level)
         nxt: list[BlobDigest] = []
         for d in level:
@@ -59,6 +96,33 @@ def fetch_tree(remote: RemoteCas, function: int, root: BlobDigest) -> dict[BlobD
                     nxt.append(cd)
         level = [d for d in dict.fromkeys(nxt) if d not in tree]
     return tree
+
+
+def check_size(tree: dict[BlobDigest, re_pb2.Directory], function: int, root: BlobDigest,
+               limits: InputLimits) -> int:
+    """The number of paths the tree expands to (each distinct directory counted once, memoised)."""
+    counts: dict[BlobDigest, int] = {}
+    stack: list[tuple[BlobDigest, bool]] = [(root, False)]
+    open_: set[BlobDigest] = set()
+    while stack:
+        d, children_done = stack.pop()
+        if d in counts:
+            continue
+        msg = tree[d]
+        kids = [from_proto(function, c.digest) for c in msg.directories]
+        if not children_done:
+            if d in open_:
+                raise InvalidArgument(f"input tree {root} contains itself through directory {d}")
+            open_.add(d)
+            stack.append((d, True))
+            stack.extend((k, False) for k in kids if k not in counts)
+            continue
+        open_.discard(d)
+        counts[d] = len(msg.files) + len(msg.symlinks) + len(kids) + sum(counts[k] for k in kids)
+    total = counts[root]
+    if total > limits.max_paths:
+        raise _too_many(root, total, limits)
+    return total
 
 
 MOUNT_POINTS = ("dev", "proc")
@@ -99,7 +163,8 @@ class _Names:
         return f"{self.prefix}/{name}" if self.prefix else name
 
 
-def layout(tree: dict[BlobDigest, re_pb2.Directory], function: int, root: BlobDigest) -> Layout:
+def layout(tree: dict[BlobDigest, re_pb2.Directory], function: int, root: BlobDigest,
+           limits: InputLimits = InputLimits()) -> Layout:
     """Walk the tree into a Layout, refusing anything that could escape the root.
 
     In a filesystem image a symlink is read by the sandboxed command with the
@@ -112,8 +177,8 @@ def layout(tree: dict[BlobDigest, re_pb2.Directory], function: int, root: BlobDi
     stack: list[tuple[str, BlobDigest, int]] = [("", root, 0)]
     while stack:
         prefix, d, depth = stack.pop()
-        if depth > 512:
-            raise InvalidArgument(f"input tree is deeper than 512 levels at {prefix!r}")
+        if depth > limits.max_depth:
+            raise _too_deep(root, depth, limits)
         msg = tree[d]
         names = _Names(prefix)
         for f in msg.files:
@@ -180,12 +245,28 @@ def _files(root: Path, lay: Layout) -> Iterator[tuple[str, BlobDigest, bool]]:
         yield os.path.join(root, rel), d, x
 
 
-def materialise(remote: RemoteCas, local: LocalCas, function: int, root_digest: BlobDigest, dest: Path) -> Layout:
+@dataclass(frozen=True)
+class Staging:
+    """How an input root is built for the uid that will run in it."""
+
+    owner: tuple[int, int] | None = None  # uid, gid owning its directories (None: the worker's)
+    copy: bool = False  # private copies instead of hardlinks (the action runs as the cache's owner)
+    limits: InputLimits = InputLimits()
+
+
+def materialise(remote: RemoteCas, local: LocalCas, function: int, root_digest: BlobDigest, dest: Path,
+                staging: Staging = Staging()) -> Layout:
     """Build the input root at dest (an existing empty directory)."""
-    tree = fetch_tree(remote, function, root_digest)
-    lay = layout(tree, function, root_digest)
+    tree = fetch_tree(remote, function, root_digest, staging.limits)
+    check_size(tree, function, root_digest, staging.limits)
+    lay = layout(tree, function, root_digest, staging.limits)
+    if staging.owner is not None:
+        os.chown(dest, *staging.owner)
     for rel in lay.directories:
-        os.mkdir(os.path.join(dest, rel))
+        path = os.path.join(dest, rel)
+        os.mkdir(path)
+        if staging.owner is not None:
+            os.chown(path, *staging.owner)
     needed = {(d, x) for _, d, x in lay.files if not dg.is_empty(d)}
     with local.pinned(needed):
         ensure_cached(remote, local, needed)
@@ -195,12 +276,15 @@ def materialise(remote: RemoteCas, local: LocalCas, function: int, root_digest: 
                 with open(path, "xb"):
                     pass
                 os.chmod(path, EXECUTABLE if x else READ_ONLY)
+            elif staging.copy:
+                if not local.copy_to(d, x, path):
+                    retry.append((path, d, x))
             elif not local.link_to(d, x, path):
                 retry.append((path, d, x))
         if retry:  # evicted by another process between fetch and link: once more
             ensure_cached(remote, local, {(d, x) for _, d, x in retry})
             for path, d, x in retry:
-                if not local.link_to(d, x, path):
+                if not (local.copy_to(d, x, path) if staging.copy else local.link_to(d, x, path)):
                     raise MissingBlobs([d], "input file (evicted while materialising)")
     for rel, target in lay.symlinks:
         os.symlink(target, os.path.join(dest, rel))

@@ -26,10 +26,11 @@ import grpc
 from granary.worker.bot import BotConfig, BotSession, Shutdown
 from granary.worker.connect import wait_until_answered
 from granary.worker.execute import Executor, remove_tree
+from granary.worker.inputs import InputLimits
 from granary.worker.local_cas import LocalCas
 from granary.worker.platform import properties
 from granary.worker.remote_cas import RemoteCas
-from granary.worker.sandbox import make_sandbox
+from granary.worker.sandbox import ActionUser, default_user, make_sandbox
 
 log = logging.getLogger("granary.worker")
 
@@ -51,6 +52,8 @@ class WorkerConfig:
     named: bool = False  # name given (--name): bot ids omit the pid, so a restart comes back as the same bots
     poll_timeout: float = 60.0
     shutdown_grace: float = 30.0
+    action_user: ActionUser | None = field(default_factory=default_user)  # None: the worker's own uid
+    input_limits: InputLimits = field(default_factory=InputLimits)
 
 
 def default_concurrency() -> int:
@@ -78,15 +81,17 @@ class Worker:
         work_dir = cfg.work_dir or cfg.cache_dir.parent / "work"
         self.work_dir = work_dir / f"{os.getpid()}"
         self.channel = channel_for(cfg.server)
-        sandbox = make_sandbox(cfg.sandbox, cfg.sandbox_paths)
+        sandbox = make_sandbox(cfg.sandbox, cfg.sandbox_paths, cfg.action_user)
         self.executor = Executor(
             remote=RemoteCas(self.channel, cfg.instance),
             local=LocalCas(cfg.cache_dir, cfg.cache_size),
             sandbox=sandbox,
             work_dir=self.work_dir,
             worker_name=cfg.name,
+            action_user=cfg.action_user,
+            input_limits=cfg.input_limits,
         )
-        props = properties(cfg.properties)
+        props = properties(cfg.properties, sandbox.network_modes)
         prefix = cfg.name if cfg.named else f"{cfg.name}-{os.getpid()}"
         self.sessions = [
             BotSession(self.channel, self.executor,

@@ -92,7 +92,7 @@ def inside(root: str, path: str) -> bool:
     return real == real_root or real.startswith(real_root + os.sep)
 
 
-def resolve_in_root(root: str, rel: str, what: str, create: bool = False) -> str:
+def resolve_in_root(root: str, rel: str, what: str, create: bool = False, made: list[str] | None = None) -> str:
     """The host path of `rel` as a command chrooted into `root` sees it (for filesystem images).
 
     Symlinks are followed inside root only: an absolute target starts again
@@ -121,6 +121,8 @@ def resolve_in_root(root: str, rel: str, what: str, create: bool = False) -> str
             if via:
                 raise InvalidArgument(f"{what}: {rel!r} goes through the symlink {via}, whose target is missing")
             os.mkdir(path)
+            if made is not None:
+                made.append(path)
             done.append(part)
             continue
         if stat.S_ISLNK(st.st_mode):

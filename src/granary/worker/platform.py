@@ -29,8 +29,12 @@ def parse_property(text: str) -> tuple[str, str]:
     return key, value
 
 
-def properties(extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """OSFamily and ISA detected, then the extra ones (a repeated key adds a value; OSFamily/ISA override)."""
-    overridden = {k for k, _ in extra if k in ("OSFamily", "ISA")}
-    detected = [(k, v) for k, v in (("OSFamily", os_family()), ("ISA", isa())) if k not in overridden]
+def properties(extra: list[tuple[str, str]], network_modes: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """OSFamily, ISA and the dockerNetwork values the sandbox honours, then the extra ones.
+
+    A repeated key adds a value; an extra OSFamily, ISA or dockerNetwork replaces the detected ones.
+    """
+    overridden = {k for k, _ in extra if k in ("OSFamily", "ISA", "dockerNetwork")}
+    found = [("OSFamily", os_family()), ("ISA", isa()), *(("dockerNetwork", m) for m in network_modes)]
+    detected = [(k, v) for k, v in found if k not in overridden]
     return list(dict.fromkeys([*detected, *extra]))

@@ -3,7 +3,10 @@
 The command leads a new session (so a new process group). Whatever ends it
 (normal exit, timeout, cancel) the whole group is killed before the leader is
 reaped, so leftover background children die too and the group id cannot have
-been reused by then.
+been reused by then. A process that left the group (setsid, daemons) is
+ended by what leads it: bubblewrap's PID namespace, or the reaper
+(reaper.py), which is asked with SIGTERM first (`graceful`) so it can kill
+everything it adopted before the group is killed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ class Outcome:
     seconds: float
 
 
+GRACE_SECONDS = 10.0  # for the reaper to kill what the command left behind
+
+
 class CommandCancelled(Exception):
     pass
 
@@ -38,11 +44,20 @@ class Command:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._reaped = False
+        self._graceful = False
         self.cancelled = False
 
     def cancel(self) -> None:
         with self._lock:
             self.cancelled = True
+            self._stop()
+
+    def _stop(self) -> None:
+        """Ask a graceful leader to clean up, or kill the group (caller holds the lock)."""
+        if self._graceful and self._proc is not None and not self._reaped:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self._proc.pid, signal.SIGTERM)
+        else:
             self._kill_group()
 
     def _kill_group(self) -> None:
@@ -52,8 +67,10 @@ class Command:
                 os.killpg(self._proc.pid, signal.SIGKILL)
 
     def run(
-        self, argv: list[str], env: dict[str, str], cwd: Path, stdout: Path, stderr: Path, timeout: float | None
+        self, argv: list[str], env: dict[str, str], cwd: Path, stdout: Path, stderr: Path, timeout: float | None,
+        pass_fds: tuple[int, ...] = (), graceful: bool = False,
     ) -> Outcome:
+        """Run argv; graceful: the leader cleans up its descendants on SIGTERM (the reaper)."""
         start = time.monotonic()
         with open(stdout, "wb") as out, open(stderr, "wb") as err, self._lock:
             if self.cancelled:
@@ -61,13 +78,18 @@ class Command:
             try:
                 self._proc = subprocess.Popen(
                     argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                    start_new_session=True, close_fds=True,
+                    start_new_session=True, close_fds=True, pass_fds=pass_fds,
                 )
+                self._graceful = graceful
             except OSError as e:
                 # Like a shell: the command could not be started (missing, not executable).
                 err.write(f"granary worker: cannot run {argv[0]!r}: {e.strerror}\n".encode())
                 return Outcome(127 if isinstance(e, FileNotFoundError) else 126, False, False, 0.0)
         timed_out = not self._wait_exit(timeout)
+        if self._graceful and (timed_out or self.cancelled):
+            with self._lock:
+                self._stop()
+            self._wait_exit(GRACE_SECONDS)
         with self._lock:
             self._kill_group()
             self._reaped = True

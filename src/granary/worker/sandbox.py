@@ -1,13 +1,26 @@
-"""How a command is wrapped: a plain process, or bubblewrap.
+"""How a command is wrapped: a plain process under a reaper, or bubblewrap.
+
+Actions run strangers' code, so the worker is a privilege boundary.
+
+Who runs it. A worker running as root runs actions as an unprivileged uid
+(ActionUser, nobody by default): bubblewrap itself is started as that uid,
+so the action's user namespace maps to it and it holds no capability on the
+host. bubblewrap resolves its bind sources as the uid that runs it, and the
+worker's directories may lie under paths only root can traverse (/root), so
+a root worker starts a small launcher sandbox first (bubblewrap as root,
+showing the host's system paths and the input root at /granary-input), in
+which setpriv drops to the action uid and starts the real sandbox. A worker
+that is not root runs actions as itself.
 
 An input root is run in one of two layouts:
 
 * host tools (Bazel and most REAPI clients): the input root is a directory
   somewhere on the host and the command uses the host's programs. Under
-  bubblewrap the action sees a read-only view of the system (/usr, /etc,
-  /bin, /lib*, ... as they are on the host, symlinks kept), a private /tmp,
-  /proc and /dev, and its input root bound read-write at the same path as on
-  the host.
+  bubblewrap the action sees a read-only view of the system (/usr, /bin,
+  /lib*, /opt, ... as on the host, symlinks kept), of /etc only what
+  toolchains read (ETC_ENTRIES: no shadow, no keys), a private /tmp, /proc
+  and /dev, and its input root bound read-write at the same path as on the
+  host.
 * filesystem image (BuildStream, and any client that stages a whole sysroot,
   as buildbox-run-bubblewrap expects): the input root *is* `/`. Nothing of the
   host is visible; bubblewrap mounts a fresh /proc and a minimal /dev on the
@@ -15,17 +28,28 @@ An input root is run in one of two layouts:
   directories `dev` and `proc` at its top (inputs.is_filesystem_image).
   Plain processes cannot do this (it needs a mount namespace).
 
-Both layouts get no network (when the host allows a network namespace), their
-own PID, IPC and UTS namespaces, and --die-with-parent ties them to the worker.
+Both layouts get their own user, PID, IPC and UTS namespaces, no capability,
+no nested user namespaces (so no private mounts either), and no network
+unless the action's platform says dockerNetwork=standard. When the command
+ends its PID namespace ends, and every process in it; --die-with-parent ties
+it to the worker. The action's environment reaches it through a file
+descriptor (--args), never through bubblewrap's own environment.
+
+Without bubblewrap (--sandbox none, an explicit choice) a command runs under
+the reaper (reaper.py), which kills whatever it left behind, as the action
+uid when the worker is root.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -33,28 +57,63 @@ from granary.errors import FailedPrecondition
 
 log = logging.getLogger("granary.worker.sandbox")
 
-SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt")
+# What toolchains read under /etc: users and groups (no shadow), name resolution, the dynamic
+# linker, alternatives, CA certificates (not private keys), time zone, and toolchain settings.
+ETC_ENTRIES = (
+    "passwd", "group", "hosts", "host.conf", "nsswitch.conf", "resolv.conf", "gai.conf", "services",
+    "protocols", "networks", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime",
+    "timezone", "ssl/certs", "ssl/openssl.cnf", "ca-certificates", "ca-certificates.conf", "pki/tls/certs",
+    "pki/ca-trust", "crypto-policies", "mime.types", "os-release", "lsb-release", "debian_version",
+    "java-*", "python3*", "perl", "gitconfig", "inputrc", "bash.bashrc", "profile", "environment",
+)
+LAUNCHER_INPUT = "/granary-input"  # where the launcher shows the input root to the unprivileged bwrap
+NETWORK_PROPERTY = "dockerNetwork"
+NETWORK_VALUES = ("off", "standard")
+NOBODY = 65534
+
+
+@dataclass(frozen=True)
+class ActionUser:
+    """The host uid and gid actions run as when the worker is root."""
+
+    uid: int
+    gid: int
 
 
 class Sandbox(Protocol):
     name: str
+    network_modes: tuple[str, ...]  # dockerNetwork values this sandbox can honour
+    reaper: bool  # the command's leader is the reaper: SIGTERM makes it kill everything first
 
-    def wrap(self, argv: list[str], root: Path, cwd: Path) -> list[str]:
+    def wrap(self, argv: list[str], root: Path, cwd: Path, network: bool, env_fd: int) -> list[str]:
         """Host tools: the input root at its host path, cwd a host path inside it."""
         ...
 
-    def wrap_image(self, argv: list[str], root: Path, cwd: str) -> list[str]:
+    def wrap_image(self, argv: list[str], root: Path, cwd: str, network: bool, env_fd: int) -> list[str]:
         """Filesystem image: root becomes '/', cwd is relative to it ('' for '/')."""
         ...
 
 
+def reaper_argv(argv: list[str], user: ActionUser | None, env_fd: int) -> list[str]:
+    script = str(Path(__file__).with_name("reaper.py"))
+    ids = ["--uid", str(user.uid), "--gid", str(user.gid)] if user else []
+    return [sys.executable, "-I", "-S", script, "--parent", str(os.getpid()), "--env-fd", str(env_fd), *ids,
+            "--", *argv]
+
+
 class NoSandbox:
     name = "none"
+    network_modes = ("standard",)  # no network namespace: the host's network is all there is
+    reaper = True
 
-    def wrap(self, argv: list[str], root: Path, cwd: Path) -> list[str]:
-        return argv
+    def __init__(self, user: ActionUser | None = None):
+        self.user = user
 
-    def wrap_image(self, argv: list[str], root: Path, cwd: str) -> list[str]:
+    def wrap(self, argv: list[str], root: Path, cwd: Path, network: bool = True, env_fd: int = -1) -> list[str]:
+        return reaper_argv(argv, self.user, env_fd)
+
+    def wrap_image(self, argv: list[str], root: Path, cwd: str, network: bool = True, env_fd: int = -1) -> list[str]:
         raise FailedPrecondition(
             "the input root is a whole filesystem (it holds the empty mount points 'dev' and 'proc'), so the"
             " action must run with it as '/', which needs the bubblewrap sandbox; this worker runs actions as"
@@ -62,13 +121,26 @@ class NoSandbox:
         )
 
 
+def etc_paths() -> list[str]:
+    found: list[str] = []
+    for entry in ETC_ENTRIES:
+        found += sorted(glob.glob(os.path.join("/etc", entry)))
+    return found
+
+
 class Bubblewrap:
     name = "bwrap"
+    reaper = False
 
-    def __init__(self, bwrap: str, extra_paths: tuple[str, ...] = (), unshare_net: bool = True):
+    def __init__(self, bwrap: str, extra_paths: tuple[str, ...] = (), unshare_net: bool = True,
+                 user: ActionUser | None = None, setpriv: str | None = None, disable_userns: bool = True):
         self.bwrap = bwrap
         self.unshare_net = unshare_net
-        self.paths = tuple(dict.fromkeys([*SYSTEM_PATHS, *extra_paths]))
+        self.disable_userns = disable_userns
+        self.user = user
+        self.setpriv = setpriv
+        self.paths = tuple(dict.fromkeys([*SYSTEM_PATHS, *etc_paths(), *extra_paths]))
+        self.network_modes = NETWORK_VALUES if unshare_net else ("standard",)
 
     def _system(self) -> list[str]:
         args: list[str] = []
@@ -79,18 +151,50 @@ class Bubblewrap:
                 args += ["--ro-bind", p, p]
         return args
 
-    def _namespaces(self) -> list[str]:
+    def _launcher(self, root: Path) -> list[str]:
+        """Root's part: show the system and the input root where the action uid can reach them, drop to it."""
+        if self.user is None:
+            return []
+        assert self.setpriv is not None
+        tools = {os.path.dirname(os.path.realpath(t)) for t in (self.bwrap, self.setpriv)}
+        extra: list[str] = []
+        for t in sorted(tools):
+            if not any(t == p or t.startswith(p + "/") for p in self.paths):
+                extra += ["--ro-bind", t, t]
+        # bwrap as root makes the parents of its mount points 0700: the action uid must traverse them
+        parents = sorted({a for p in [*self.paths, *tools] for a in _ancestors(p)})
         return [
-            self.bwrap,
-            "--die-with-parent",
-            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            *(["--unshare-net"] if self.unshare_net else []),
+            self.bwrap, "--die-with-parent", "--unshare-ipc", "--unshare-uts",
+            *[arg for a in parents for arg in ("--perms", "0755", "--dir", a)],
+            *self._system(), *extra,
+            "--bind", "/proc", "/proc",  # a fully visible proc, so the inner sandbox may mount its own
+            "--dev-bind", "/dev", "/dev",
+            "--tmpfs", "/tmp",  # where the inner bwrap mounts its new root
+            "--bind", str(root), LAUNCHER_INPUT,
+            "--",
+            self.setpriv, "--reuid", str(self.user.uid), "--regid", str(self.user.gid), "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
         ]
 
-    def wrap_image(self, argv: list[str], root: Path, cwd: str) -> list[str]:
+    def _namespaces(self, network: bool, env_fd: int) -> list[str]:
+        ids = ["--uid", str(self.user.uid), "--gid", str(self.user.gid)] if self.user else []
         return [
-            *self._namespaces(),
-            "--bind", str(root), "/",
+            self.bwrap,
+            *(["--args", str(env_fd)] if env_fd >= 0 else []),
+            "--die-with-parent", "--unshare-user", *ids, *(["--disable-userns"] if self.disable_userns else []),
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            *(["--unshare-net"] if self.unshare_net and not network else []),
+            "--cap-drop", "ALL",
+        ]
+
+    def _input(self, root: Path) -> str:
+        return LAUNCHER_INPUT if self.user is not None else str(root)
+
+    def wrap_image(self, argv: list[str], root: Path, cwd: str, network: bool = False, env_fd: int = -1) -> list[str]:
+        return [
+            *self._launcher(root),
+            *self._namespaces(network, env_fd),
+            "--bind", self._input(root), "/",
             "--proc", "/proc",
             "--dev", "/dev",
             "--chdir", "/" + cwd,
@@ -98,23 +202,31 @@ class Bubblewrap:
             *argv,
         ]
 
-    def wrap(self, argv: list[str], root: Path, cwd: Path) -> list[str]:
+    def wrap(self, argv: list[str], root: Path, cwd: Path, network: bool = False, env_fd: int = -1) -> list[str]:
         return [
-            *self._namespaces(),
+            *self._launcher(root),
+            *self._namespaces(network, env_fd),
             *self._system(),
             "--proc", "/proc",
             "--dev", "/dev",
             "--tmpfs", "/tmp",
-            "--bind", str(root), str(root),
+            "--bind", self._input(root), str(root),
             "--chdir", str(cwd),
             "--",
             *argv,
         ]
 
 
+def _ancestors(path: str) -> list[str]:
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 def _probe(box: Bubblewrap) -> str:
     """'' when the sandbox runs /bin/sh here, else why not."""
     with tempfile.TemporaryDirectory(prefix="granary-bwrap-probe-") as d:
+        if box.user is not None:
+            os.chown(d, box.user.uid, box.user.gid)
         argv = box.wrap(["/bin/sh", "-c", "exit 0"], Path(d), Path(d))
         try:
             r = subprocess.run(argv, check=False, capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
@@ -123,24 +235,40 @@ def _probe(box: Bubblewrap) -> str:
         return "" if r.returncode == 0 else r.stderr.decode(errors="replace").strip() or f"exit {r.returncode}"
 
 
-def make_sandbox(mode: str, extra_paths: tuple[str, ...] = ()) -> Sandbox:
-    """'none', 'bwrap' (must work, else ValueError) or 'auto' (bwrap when it works)."""
+def default_user() -> ActionUser | None:
+    """nobody when the worker is root (actions never run as root), else the worker's own uid (None)."""
+    return ActionUser(NOBODY, NOBODY) if os.geteuid() == 0 else None
+
+
+def make_sandbox(mode: str, extra_paths: tuple[str, ...] = (), user: ActionUser | None = None) -> Sandbox:
+    """'none', 'bwrap' (must work, else ValueError) or 'auto' (bwrap when it works, else a warning)."""
     if mode == "none":
-        return NoSandbox()
+        return NoSandbox(user)
+    why = ""
     exe = shutil.which("bwrap")
+    setpriv = shutil.which("setpriv") if user is not None else None
     if exe is None:
-        if mode == "bwrap":
-            raise ValueError("--sandbox=bwrap: bubblewrap (bwrap) is not installed")
-        return NoSandbox()
-    box = Bubblewrap(exe, extra_paths)
-    why = _probe(box)
-    if why:  # maybe only network namespaces are refused (some containers)
-        box = Bubblewrap(exe, extra_paths, unshare_net=False)
-        if not _probe(box):
-            log.warning("bubblewrap cannot create a network namespace here (%s); actions keep the network", why)
+        why = "bubblewrap (bwrap) is not installed"
+    elif user is not None and setpriv is None:
+        why = "setpriv (util-linux) is not installed, and a root worker needs it to start bwrap as the action uid"
+    else:
+        box = Bubblewrap(exe, extra_paths, user=user, setpriv=setpriv)
+        why = _probe(box)
+        if not why:
             return box
-        if mode == "bwrap":
-            raise ValueError(f"--sandbox=bwrap: bubblewrap does not work here: {why}")
-        log.info("bubblewrap does not work here (%s); running actions as plain processes", why)
-        return NoSandbox()
-    return box
+        # bubblewrap before 0.8 has no --disable-userns; some containers refuse network namespaces
+        for net, no_userns in ((True, False), (False, True), (False, False)):
+            box = Bubblewrap(exe, extra_paths, unshare_net=net, user=user, setpriv=setpriv, disable_userns=no_userns)
+            if _probe(box):
+                continue
+            if not no_userns:
+                log.warning("bubblewrap cannot disable user namespaces inside the sandbox (%s); actions may"
+                            " create their own (still without privileges on the host)", why)
+            if not net:
+                log.warning("bubblewrap cannot create a network namespace here (%s); actions keep the network", why)
+            return box
+    if mode == "bwrap":
+        raise ValueError(f"--sandbox=bwrap: bubblewrap does not work here: {why}")
+    log.warning("--sandbox auto: no bwrap sandbox (%s); actions run as plain processes without isolation"
+                " (pass --sandbox none to choose that explicitly)", why)
+    return NoSandbox(user)
