@@ -8,9 +8,9 @@ from pathlib import Path
 
 from granary.config import parse_size
 from granary.errors import ConfigError
-from granary.writable_dir import ensure_writable_dir
 from granary.worker.inputs import DEFAULT_MAX_DEPTH, DEFAULT_MAX_PATHS, InputLimits
 from granary.worker.sandbox import ActionUser, default_user
+from granary.writable_dir import ensure_writable_dir
 
 
 def parse_action_user(text: str | None, euid: int) -> ActionUser | None:
