@@ -262,6 +262,20 @@ def test_auto_without_bubblewrap_warns_once_at_start_up(tmp_path):
     assert "WARNING" in lines[0] and "bwrap" in lines[0] and "--sandbox none" in lines[0], lines
 
 
+def test_a_worker_cannot_advertise_a_network_mode_its_sandbox_cannot_enforce(tmp_path):
+    """Without a network namespace (--sandbox none) the host network is all there is: claiming
+    dockerNetwork=off would draw actions that asked for no network onto an unconfined worker."""
+    done = subprocess.run(
+        [sys.executable, "-m", "granary", "worker", "--server", "127.0.0.1:1", "--concurrency", "1",
+         "--cache-dir", str(tmp_path / "c"), "--sandbox", "none", "--property", "dockerNetwork=off"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "granary: configuration error: --property dockerNetwork=off: this worker's sandbox can only honour standard"
+    ]
+
+
 # ---- 5. input trees that explode ------------------------------------------------------------
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import platform
 import sys
 
+from granary.errors import ConfigError
+
 # platform.machine() spellings -> REAPI ISA names (platform.md: "x86-64", "aarch64", ...).
 _ISA = {
     "x86_64": "x86-64", "amd64": "x86-64", "i386": "x86-32", "i686": "x86-32",
@@ -34,6 +36,12 @@ def properties(extra: list[tuple[str, str]], network_modes: tuple[str, ...] = ()
 
     A repeated key adds a value; an extra OSFamily, ISA or dockerNetwork replaces the detected ones.
     """
+    unsupported = sorted({v for k, v in extra if k == "dockerNetwork" and v not in network_modes})
+    if unsupported:  # advertising a network mode the sandbox cannot enforce would run actions unconfined
+        raise ConfigError(
+            f"--property dockerNetwork={unsupported[0]}: this worker's sandbox can only honour"
+            f" {', '.join(network_modes) or 'no dockerNetwork value'}"
+        )
     overridden = {k for k, _ in extra if k in ("OSFamily", "ISA", "dockerNetwork")}
     found = [("OSFamily", os_family()), ("ISA", isa()), *(("dockerNetwork", m) for m in network_modes)]
     detected = [(k, v) for k, v in found if k not in overridden]
