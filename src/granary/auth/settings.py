@@ -31,6 +31,7 @@ from granary.auth.defaults import ASYMMETRIC, DEFAULT_ALGORITHMS, DEFAULT_TOKEN_
 from granary.auth.localworker import LocalWorkerKey
 from granary.auth.mtls import CertField
 from granary.auth.permissions import AnonymousGrant, Permission, Policy, Rule
+from granary.config_values import problem
 from granary.errors import ConfigError
 
 if TYPE_CHECKING:  # the runtime objects import bcrypt, PyJWT, SQLAlchemy and gRPC: only build_auth needs them
@@ -60,21 +61,34 @@ Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
 class _Model(BaseModel):
+    """A mapping in the file: unknown keys are refused, naming the allowed ones (as config_models.Section)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data  # pydantic says what it expected
+        allowed = set(cls.model_fields)
+        for key in data:
+            if key not in allowed:
+                raise problem(f"unknown key (allowed: {', '.join(sorted(allowed))})", key=str(key))
+        return data
 
 
 class TokenSettings(_Model):
     database: str = Field(
         DEFAULT_TOKEN_DATABASE,
         description="SQLAlchemy URL of the token table; relative SQLite paths are under the data directory;"
-        " postgresql+psycopg://... to share tokens between servers",
+        " postgresql+psycopg://... to share tokens between servers.",
     )
     header: str = Field(
         DEFAULT_TOKEN_HEADER,
-        description="metadata key that may carry a token instead of `authorization: Bearer` (lower case)",
+        description="Metadata key that may carry a token instead of `authorization: Bearer` (lower case)",
     )
     cache_seconds: Seconds = Field(
-        5.0, ge=0, le=300, description="how long a token lookup is remembered: a revocation takes effect within this"
+        5.0, ge=0, le=300, description="How long a token lookup is remembered: a revocation takes effect within this."
     )
 
     @field_validator("header")
@@ -86,21 +100,21 @@ class TokenSettings(_Model):
 
 
 class JwtSettings(_Model):
-    issuer: str = Field(..., description="the `iss` every token must carry; also where discovery starts")
-    audience: str | list[str] = Field(..., description="the `aud` (one of them) every token must carry")
-    jwks_file: Path | None = Field(None, description="a JWKS file (re-read when it changes)")
+    issuer: str = Field(..., description="The `iss` every token must carry; also where discovery starts.")
+    audience: str | list[str] = Field(..., description="The `aud` (one of them) every token must carry.")
+    jwks_file: Path | None = Field(None, description="A JWKS file (re-read when it changes)")
     jwks_url: str | None = Field(
-        None, description="URL of the JWKS; default: jwks_uri of {issuer}/.well-known/openid-configuration"
+        None, description="URL of the JWKS; default: jwks_uri of {issuer}/.well-known/openid-configuration."
     )
-    name_claim: str = Field("sub", description="claim that names the identity")
-    groups_claim: str | None = Field("groups", description="claim with the groups (list or space-separated)")
+    name_claim: str = Field("sub", description="Claim that names the identity.")
+    groups_claim: str | None = Field("groups", description="Claim with the groups (list or space-separated)")
     algorithms: list[str] = Field(
-        list(DEFAULT_ALGORITHMS), description=f"accepted signature algorithms, from {', '.join(ASYMMETRIC)}"
+        list(DEFAULT_ALGORITHMS), description=f"Accepted signature algorithms, from {', '.join(ASYMMETRIC)}."
     )
-    leeway: Seconds = Field(30.0, ge=0, le=600, description="seconds of clock skew allowed on exp/nbf/iat")
-    refresh_seconds: Seconds = Field(3600.0, gt=0, description="fetched key sets are refreshed this often")
+    leeway: Seconds = Field(30.0, ge=0, le=600, description="Seconds of clock skew allowed on exp/nbf/iat.")
+    refresh_seconds: Seconds = Field(3600.0, gt=0, description="Fetched key sets are refreshed this often.")
     refetch_min_seconds: Seconds = Field(
-        30.0, ge=0, description="an unknown key id makes a refetch at most this often"
+        30.0, ge=0, description="An unknown key id makes a refetch at most this often."
     )
 
     @field_validator("algorithms")
@@ -120,26 +134,26 @@ class JwtSettings(_Model):
 
 class MtlsSettings(_Model):
     identity: Literal["common_name", "subject_alternative_name"] = Field(
-        "common_name", description="which field of a verified client certificate names the caller"
+        "common_name", description="Which field of a verified client certificate names the caller."
     )
     san_prefix: str = Field(
-        "", description="with subject_alternative_name: use the first SAN starting with this (e.g. spiffe://)"
+        "", description="With subject_alternative_name: use the first SAN starting with this (e.g. spiffe://)"
     )
 
 
 class AnonymousSettings(_Model):
-    instance: str = Field("", description="instance-name prefix ('' or '*': every instance)")
-    permissions: list[Permission] = Field(..., description="what callers without credentials may do there")
+    instance: str = Field("", description="Instance-name prefix ('' or '*': every instance)")
+    permissions: list[Permission] = Field(..., description="What callers without credentials may do there.")
 
 
 class RuleSettings(_Model):
-    instance: str = Field("", description="instance-name prefix ('' or '*': every instance)")
-    identities: list[str] = Field([], description="identity names ('*': any authenticated caller)")
-    groups: list[str] = Field([], description="groups (from the JWT groups claim) granted the permissions")
+    instance: str = Field("", description="Instance-name prefix ('' or '*': every instance)")
+    identities: list[str] = Field([], description="Identity names ('*': any authenticated caller)")
+    groups: list[str] = Field([], description="Groups (from the JWT groups claim) granted the permissions.")
     claims: dict[str, str | list[str]] = Field(
         {}, description="JWT claims that must all match (a list: any of its values)"
     )
-    permissions: list[Permission] = Field(..., description="permissions granted")
+    permissions: list[Permission] = Field(..., description="Permissions granted.")
 
     @model_validator(mode="after")
     def _someone(self) -> RuleSettings:
@@ -165,14 +179,14 @@ class TlsSettings(_Model):
 
 
 class AuthSettings(_Model):
-    htpasswd: Path | None = Field(None, description="htpasswd file of bcrypt hashes for HTTP Basic")
-    tokens: TokenSettings | None = Field(None, description="personal access tokens (`granary token create`)")
-    jwt: JwtSettings | None = Field(None, description="OIDC/JWT bearer tokens")
-    mtls: MtlsSettings | None = Field(None, description="identities from client certificates (needs a client CA)")
+    htpasswd: Path | None = Field(None, description="htpasswd file of bcrypt hashes for HTTP Basic.")
+    tokens: TokenSettings | None = Field(None, description="Personal access tokens (`granary token create`)")
+    jwt: JwtSettings | None = Field(None, description="OIDC/JWT bearer tokens.")
+    mtls: MtlsSettings | None = Field(None, description="Identities from client certificates (needs a client CA)")
     anonymous: list[AnonymousSettings] = Field(
-        [], description="what callers without credentials may do, per instance prefix"
+        [], description="What callers without credentials may do, per instance prefix."
     )
-    rules: list[RuleSettings] = Field([], description="permissions per instance prefix for identities and groups")
+    rules: list[RuleSettings] = Field([], description="Permissions per instance prefix for identities and groups.")
 
     @property
     def enabled(self) -> bool:
