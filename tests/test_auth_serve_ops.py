@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,10 +19,12 @@ from pathlib import Path
 import bcrypt
 import grpc
 import pytest
+import sqlalchemy
 from authutil import Pki
 from reapi import digest
 from rwapi import ExecClient, final
 from serverutil import start_granary
+from services import PostgresServer
 
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
@@ -107,25 +108,46 @@ CREATE TABLE granary_operations (
     created_time FLOAT NOT NULL, cancelled BOOLEAN NOT NULL, tool_name VARCHAR(255) NOT NULL,
     tool_version VARCHAR(255) NOT NULL, invocation_id VARCHAR(255) NOT NULL,
     correlated_invocations_id VARCHAR(255) NOT NULL, action_mnemonic VARCHAR(255) NOT NULL,
-    target_id TEXT NOT NULL, configuration_id VARCHAR(255) NOT NULL);
-INSERT INTO granary_operations VALUES ('operations/old', 'job-1', '', 1.0, 0, '', '', '', '', '', '', '');
+    target_id TEXT NOT NULL, configuration_id VARCHAR(255) NOT NULL)
 """
+OLD_ROW = "INSERT INTO granary_operations VALUES ('operations/old', 'job-1', '', 1.0, false, '', '', '', '', '', '', '')"
 
 
-def test_a_queue_database_from_before_identities_gains_the_column(tmp_path):
-    path = tmp_path / "queue.sqlite"
-    with sqlite3.connect(path) as db:
-        db.executescript(OLD_OPERATIONS)
-    queue = JobQueue(f"sqlite:///{path}")
+@pytest.fixture(params=["sqlite", "postgres"])
+def old_queue_database(request, tmp_path) -> str:
+    """A queue database made before operations recorded identities, with one operation in it."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'queue.sqlite'}"
+    else:
+        try:
+            pg = PostgresServer()
+        except RuntimeError as e:
+            pytest.skip(str(e))
+        request.addfinalizer(pg.stop)
+        url = pg.create_database(f"t{uuid.uuid4().hex[:12]}")
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(OLD_OPERATIONS))
+        conn.execute(sqlalchemy.text(OLD_ROW))
+    engine.dispose()
+    return url
+
+
+def test_a_queue_database_from_before_identities_gains_the_column(old_queue_database):
+    queue = JobQueue(old_queue_database)
     queue.create_schema()
     queue.create_schema()  # idempotent: a second server process starting on the same database
+    found = queue.get_operation("operations/old")
+    assert found is None or found[0]["identity"] == ""  # its job is gone; the row itself must read
     queue.close()
-    with sqlite3.connect(path) as db:
-        columns = [row[1] for row in db.execute("PRAGMA table_info(granary_operations)")]
-        assert "identity" in columns
-        assert db.execute("SELECT identity FROM granary_operations").fetchall() == [("",)]
-        indexes = [row[1] for row in db.execute("PRAGMA index_list(granary_operations)")]
-        assert "granary_operations_identity" in indexes
+    engine = sqlalchemy.create_engine(old_queue_database)
+    inspector = sqlalchemy.inspect(engine)
+    assert "identity" in {c["name"] for c in inspector.get_columns("granary_operations")}
+    assert "granary_operations_identity" in {i["name"] for i in inspector.get_indexes("granary_operations")}
+    with engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.text("SELECT name, identity FROM granary_operations")).all()
+    assert [tuple(r) for r in rows] == [("operations/old", "")]
+    engine.dispose()
 
 
 def test_a_draining_server_answers_strangers_unauthenticated(tmp_path):

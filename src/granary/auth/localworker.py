@@ -62,6 +62,7 @@ class LocalWorkerCredential:
     @classmethod
     def mint(cls, data_dir: Path) -> LocalWorkerCredential:
         """A fresh secret in a 0600 file; its hash and the socket name go into os.environ for the servers."""
+        remove_stale(Path(data_dir))
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         path = Path(data_dir) / f"local-worker-{os.getpid()}.token"
         with contextlib.suppress(FileNotFoundError):
@@ -77,3 +78,12 @@ class LocalWorkerCredential:
     def remove(self) -> None:
         with contextlib.suppress(OSError):
             self.token_file.unlink()
+
+
+def remove_stale(data_dir: Path) -> None:
+    """Files left by servers that were killed (SIGKILL): their secrets open nothing, but go anyway."""
+    for path in data_dir.glob("local-worker-*.token"):
+        pid = path.stem.removeprefix("local-worker-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                path.unlink()
