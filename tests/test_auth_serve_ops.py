@@ -238,3 +238,16 @@ auth:
         assert "identity:alice" in (e.value.details() or "")
         _abandon(bob, 1000)
         _abandon(bob, 1000)
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+@pytest.mark.parametrize(("section", "message"), [
+    ("server: {tls: {cert: nothere.crt, key: nothere.key}}", "server.tls.cert: cannot read "),
+    ("auth: {htpasswd: nothere}", "auth.htpasswd: cannot read "),
+])
+def test_unusable_auth_and_tls_files_stop_start_up_with_one_line(tmp_path, processes, section, message):
+    (tmp_path / "g.yaml").write_text(f'{section}\ninstances: {{"*": {{cas: {{type: disk, path: cas}}}}}}\n')
+    done = granary("serve", "--config", str(tmp_path / "g.yaml"), "--data-dir", str(tmp_path / "d"),
+                   "--listen", "127.0.0.1:0", "--processes", processes)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
