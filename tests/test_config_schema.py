@@ -154,9 +154,9 @@ def error(text: str) -> str:
     ('storage: {main: {type: disk, path: x, max_size: lots}}\ninstances: {"*": {cas: main}}',
      "storage.main.max_size: expected a size like 10GiB or 500MB, got 'lots'"),
     ('server: {listen: "127.0.0.1:1", colour: red}\ninstances: {"*": {cas: {type: memory}}}',
-     "server.colour: unknown key (allowed: ac_max_inline_size, ac_max_result_size, allow_unauthenticated, data_dir, drain_timeout, listen, max_batch_size, "
+     ("server.colour: unknown key (allowed: ac_max_inline_size, ac_max_result_size, allow_unauthenticated, data_dir, drain_timeout, listen, max_batch_size, "
      "max_blob_size, max_digests_per_request, max_upload_bytes, max_uploads, max_uploads_per_client, processes, tls, "
-     "upload_ttl)"),
+     "upload_ttl)")),
     ('server: {processes: 0}\ninstances: {"*": {cas: {type: memory}}}',
      "server.processes: expected auto or a whole number >= 1, got 0"),
     ('instances: {"*": {cas: {type: memory}, action_cache: nope}}',
