@@ -154,9 +154,9 @@ def error(text: str) -> str:
     ('storage: {main: {type: disk, path: x, max_size: lots}}\ninstances: {"*": {cas: main}}',
      "storage.main.max_size: expected a size like 10GiB or 500MB, got 'lots'"),
     ('server: {listen: "127.0.0.1:1", colour: red}\ninstances: {"*": {cas: {type: memory}}}',
-     ("server.colour: unknown key (allowed: ac_max_inline_size, ac_max_result_size, data_dir, drain_timeout,"
-      " listen, max_batch_size, max_blob_size, max_digests_per_request, max_upload_bytes, max_uploads,"
-      " max_uploads_per_client, processes, upload_ttl)")),
+     ("server.colour: unknown key (allowed: ac_max_inline_size, ac_max_result_size, allow_unauthenticated,"
+      " data_dir, drain_timeout, listen, max_batch_size, max_blob_size, max_digests_per_request,"
+      " max_upload_bytes, max_uploads, max_uploads_per_client, processes, tls, upload_ttl)")),
     ('server: {processes: 0}\ninstances: {"*": {cas: {type: memory}}}',
      "server.processes: expected auto or a whole number >= 1, got 0"),
     ('instances: {"*": {cas: {type: memory}, action_cache: nope}}',
@@ -290,7 +290,7 @@ def schema() -> dict:
 
 def test_schema_describes_the_file(schema):
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert set(schema["properties"]) == {"server", "storage", "action_caches", "instances", "execution"}
+    assert set(schema["properties"]) == {"server", "storage", "action_caches", "instances", "execution", "auth"}
     assert schema["additionalProperties"] is False
     server = schema["$defs"]["ServerSection"]["properties"]
     assert server["drain_timeout"]["description"] == "How long a stopping server lets running actions finish."

@@ -27,20 +27,20 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from granary.auth.authenticator import DEFAULT_TOKEN_HEADER, Authenticator
-from granary.auth.htpasswd import HtpasswdFile
-from granary.auth.jwt_auth import ASYMMETRIC, DEFAULT_ALGORITHMS, JwtOptions, JwtVerifier
-from granary.auth.mtls import CertField, CertIdentities
+from granary.auth.defaults import ASYMMETRIC, DEFAULT_ALGORITHMS, DEFAULT_TOKEN_DATABASE, DEFAULT_TOKEN_HEADER
+from granary.auth.localworker import LocalWorkerKey
+from granary.auth.mtls import CertField
 from granary.auth.permissions import AnonymousGrant, Permission, Policy, Rule
-from granary.auth.tls import TlsFiles
-from granary.auth.tokens import TokenStore
+from granary.config_values import problem
 from granary.errors import ConfigError
-from granary.sql import resolve_url
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the runtime objects import bcrypt, PyJWT, SQLAlchemy and gRPC: only build_auth needs them
+    from granary.auth.authenticator import Authenticator
     from granary.auth.interceptor import AuthInterceptor
+    from granary.auth.tls import TlsFiles
+    from granary.auth.tokens import TokenStore
 
-DEFAULT_TOKEN_DATABASE = "sqlite:///tokens.sqlite"
+__all__ = ["DEFAULT_TOKEN_DATABASE", "AuthSettings", "TlsSettings", "build_auth", "check_exposure"]
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -61,21 +61,34 @@ Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
 class _Model(BaseModel):
+    """A mapping in the file: unknown keys are refused, naming the allowed ones (as config_models.Section)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data  # pydantic says what it expected
+        allowed = set(cls.model_fields)
+        for key in data:
+            if key not in allowed:
+                raise problem(f"unknown key (allowed: {', '.join(sorted(allowed))})", key=str(key))
+        return data
 
 
 class TokenSettings(_Model):
     database: str = Field(
         DEFAULT_TOKEN_DATABASE,
         description="SQLAlchemy URL of the token table; relative SQLite paths are under the data directory;"
-        " postgresql+psycopg://... to share tokens between servers",
+        " postgresql+psycopg://... to share tokens between servers.",
     )
     header: str = Field(
         DEFAULT_TOKEN_HEADER,
-        description="metadata key that may carry a token instead of `authorization: Bearer` (lower case)",
+        description="Metadata key that may carry a token instead of `authorization: Bearer` (lower case)",
     )
     cache_seconds: Seconds = Field(
-        5.0, ge=0, le=300, description="how long a token lookup is remembered: a revocation takes effect within this"
+        5.0, ge=0, le=300, description="How long a token lookup is remembered: a revocation takes effect within this."
     )
 
     @field_validator("header")
@@ -87,21 +100,21 @@ class TokenSettings(_Model):
 
 
 class JwtSettings(_Model):
-    issuer: str = Field(..., description="the `iss` every token must carry; also where discovery starts")
-    audience: str | list[str] = Field(..., description="the `aud` (one of them) every token must carry")
-    jwks_file: Path | None = Field(None, description="a JWKS file (re-read when it changes)")
+    issuer: str = Field(..., description="The `iss` every token must carry; also where discovery starts.")
+    audience: str | list[str] = Field(..., description="The `aud` (one of them) every token must carry.")
+    jwks_file: Path | None = Field(None, description="A JWKS file (re-read when it changes)")
     jwks_url: str | None = Field(
-        None, description="URL of the JWKS; default: jwks_uri of {issuer}/.well-known/openid-configuration"
+        None, description="URL of the JWKS; default: jwks_uri of {issuer}/.well-known/openid-configuration."
     )
-    name_claim: str = Field("sub", description="claim that names the identity")
-    groups_claim: str | None = Field("groups", description="claim with the groups (list or space-separated)")
+    name_claim: str = Field("sub", description="Claim that names the identity.")
+    groups_claim: str | None = Field("groups", description="Claim with the groups (list or space-separated)")
     algorithms: list[str] = Field(
-        list(DEFAULT_ALGORITHMS), description=f"accepted signature algorithms, from {', '.join(ASYMMETRIC)}"
+        list(DEFAULT_ALGORITHMS), description=f"Accepted signature algorithms, from {', '.join(ASYMMETRIC)}."
     )
-    leeway: Seconds = Field(30.0, ge=0, le=600, description="seconds of clock skew allowed on exp/nbf/iat")
-    refresh_seconds: Seconds = Field(3600.0, gt=0, description="fetched key sets are refreshed this often")
+    leeway: Seconds = Field(30.0, ge=0, le=600, description="Seconds of clock skew allowed on exp/nbf/iat.")
+    refresh_seconds: Seconds = Field(3600.0, gt=0, description="Fetched key sets are refreshed this often.")
     refetch_min_seconds: Seconds = Field(
-        30.0, ge=0, description="an unknown key id makes a refetch at most this often"
+        30.0, ge=0, description="An unknown key id makes a refetch at most this often."
     )
 
     @field_validator("algorithms")
@@ -121,26 +134,26 @@ class JwtSettings(_Model):
 
 class MtlsSettings(_Model):
     identity: Literal["common_name", "subject_alternative_name"] = Field(
-        "common_name", description="which field of a verified client certificate names the caller"
+        "common_name", description="Which field of a verified client certificate names the caller."
     )
     san_prefix: str = Field(
-        "", description="with subject_alternative_name: use the first SAN starting with this (e.g. spiffe://)"
+        "", description="With subject_alternative_name: use the first SAN starting with this (e.g. spiffe://)"
     )
 
 
 class AnonymousSettings(_Model):
-    instance: str = Field("", description="instance-name prefix ('' or '*': every instance)")
-    permissions: list[Permission] = Field(..., description="what callers without credentials may do there")
+    instance: str = Field("", description="Instance-name prefix ('' or '*': every instance)")
+    permissions: list[Permission] = Field(..., description="What callers without credentials may do there.")
 
 
 class RuleSettings(_Model):
-    instance: str = Field("", description="instance-name prefix ('' or '*': every instance)")
-    identities: list[str] = Field([], description="identity names ('*': any authenticated caller)")
-    groups: list[str] = Field([], description="groups (from the JWT groups claim) granted the permissions")
+    instance: str = Field("", description="Instance-name prefix ('' or '*': every instance)")
+    identities: list[str] = Field([], description="Identity names ('*': any authenticated caller)")
+    groups: list[str] = Field([], description="Groups (from the JWT groups claim) granted the permissions.")
     claims: dict[str, str | list[str]] = Field(
         {}, description="JWT claims that must all match (a list: any of its values)"
     )
-    permissions: list[Permission] = Field(..., description="permissions granted")
+    permissions: list[Permission] = Field(..., description="Permissions granted.")
 
     @model_validator(mode="after")
     def _someone(self) -> RuleSettings:
@@ -159,19 +172,21 @@ class TlsSettings(_Model):
     )
 
     def files(self, data_dir: Path) -> TlsFiles:
+        from granary.auth.tls import TlsFiles
+
         ca = _path(self.client_ca, data_dir) if self.client_ca is not None else None
         return TlsFiles(_path(self.cert, data_dir), _path(self.key, data_dir), ca)
 
 
 class AuthSettings(_Model):
-    htpasswd: Path | None = Field(None, description="htpasswd file of bcrypt hashes for HTTP Basic")
-    tokens: TokenSettings | None = Field(None, description="personal access tokens (`granary token create`)")
-    jwt: JwtSettings | None = Field(None, description="OIDC/JWT bearer tokens")
-    mtls: MtlsSettings | None = Field(None, description="identities from client certificates (needs a client CA)")
+    htpasswd: Path | None = Field(None, description="htpasswd file of bcrypt hashes for HTTP Basic.")
+    tokens: TokenSettings | None = Field(None, description="Personal access tokens (`granary token create`)")
+    jwt: JwtSettings | None = Field(None, description="OIDC/JWT bearer tokens.")
+    mtls: MtlsSettings | None = Field(None, description="Identities from client certificates (needs a client CA)")
     anonymous: list[AnonymousSettings] = Field(
-        [], description="what callers without credentials may do, per instance prefix"
+        [], description="What callers without credentials may do, per instance prefix."
     )
-    rules: list[RuleSettings] = Field([], description="permissions per instance prefix for identities and groups")
+    rules: list[RuleSettings] = Field([], description="Permissions per instance prefix for identities and groups.")
 
     @property
     def enabled(self) -> bool:
@@ -200,6 +215,9 @@ def _path(p: Path, base: Path) -> Path:
 
 
 def token_store(settings: TokenSettings | None, data_dir: Path) -> TokenStore:
+    from granary.auth.tokens import TokenStore
+    from granary.sql import resolve_url
+
     s = settings or TokenSettings()
     store = TokenStore(resolve_url(s.database, data_dir), cache_seconds=s.cache_seconds)
     store.create_schema()
@@ -215,8 +233,15 @@ def build_policy(settings: AuthSettings) -> Policy:
     return Policy(rules, anonymous)
 
 
-def build_auth(settings: AuthSettings, data_dir: Path) -> AuthRuntime:
-    """The runtime objects; ConfigError (one line) for files or databases that cannot be used."""
+def build_auth(settings: AuthSettings, data_dir: Path, local_worker: LocalWorkerKey | None = None) -> AuthRuntime:
+    """The runtime objects; ConfigError (one line) for files or databases that cannot be used.
+
+    `local_worker`: the hash of the secret this server's own workers present (localworker.py)."""
+    from granary.auth.authenticator import Authenticator
+    from granary.auth.htpasswd import HtpasswdFile
+    from granary.auth.jwt_auth import JwtOptions, JwtVerifier
+    from granary.auth.mtls import CertIdentities
+
     htpasswd = HtpasswdFile(_path(settings.htpasswd, data_dir)) if settings.htpasswd is not None else None
     tokens = token_store(settings.tokens, data_dir) if settings.tokens is not None else None
     verifier = None
@@ -240,7 +265,7 @@ def build_auth(settings: AuthSettings, data_dir: Path) -> AuthRuntime:
     if settings.mtls is not None:
         certs = CertIdentities(CertField(settings.mtls.identity), settings.mtls.san_prefix)
     header = settings.tokens.header if settings.tokens is not None else DEFAULT_TOKEN_HEADER
-    authenticator = Authenticator(htpasswd, tokens, verifier, certs, header)
+    authenticator = Authenticator(htpasswd, tokens, verifier, certs, header, local_worker)
     return AuthRuntime(authenticator, build_policy(settings))
 
 

@@ -38,9 +38,9 @@ def _read(path: Path, what: str) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ConfigError(f"tls.{what}: cannot read {path}: {e.strerror}") from None
+        raise ConfigError(f"server.tls.{what}: cannot read {path}: {e.strerror}") from None
     if b"-----BEGIN" not in data:
-        raise ConfigError(f"tls.{what}: {path} is not a PEM file")
+        raise ConfigError(f"server.tls.{what}: {path} is not a PEM file")
     return data
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 
 from granary.worker.bot import BotConfig, BotSession, Shutdown
-from granary.worker.connect import wait_until_answered
+from granary.worker.connect import Credentials, open_channel, wait_until_answered
 from granary.worker.execute import Executor, remove_tree
 from granary.worker.inputs import InputLimits
 from granary.worker.local_cas import LocalCas
@@ -54,14 +54,15 @@ class WorkerConfig:
     shutdown_grace: float = 30.0
     action_user: ActionUser | None = field(default_factory=default_user)  # None: the worker's own uid
     input_limits: InputLimits = field(default_factory=InputLimits)
+    credentials: Credentials = field(default_factory=Credentials)  # TLS files and the auth header
 
 
 def default_concurrency() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def channel_for(server: str) -> grpc.Channel:
-    """grpc://HOST:PORT or HOST:PORT (plain), grpcs://HOST:PORT (TLS with the system roots)."""
+def channel_for(server: str, credentials: Credentials | None = None) -> grpc.Channel:
+    """grpc://HOST:PORT or HOST:PORT (plain), grpcs://HOST:PORT (TLS: --tls-ca or the system roots)."""
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -69,9 +70,7 @@ def channel_for(server: str) -> grpc.Channel:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
-    if server.startswith("grpcs://"):
-        return grpc.secure_channel(server.removeprefix("grpcs://"), grpc.ssl_channel_credentials(), options)
-    return grpc.insecure_channel(server.removeprefix("grpc://"), options)
+    return open_channel(server, credentials or Credentials(), options)
 
 
 class Worker:
@@ -80,7 +79,7 @@ class Worker:
         self.shutdown = Shutdown()
         work_dir = cfg.work_dir or cfg.cache_dir.parent / "work"
         self.work_dir = work_dir / f"{os.getpid()}"
-        self.channel = channel_for(cfg.server)
+        self.channel = channel_for(cfg.server, cfg.credentials)
         sandbox = make_sandbox(cfg.sandbox, cfg.sandbox_paths, cfg.action_user)
         self.executor = Executor(
             remote=RemoteCas(self.channel, cfg.instance),
