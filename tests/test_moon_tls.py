@@ -20,7 +20,16 @@ from pathlib import Path
 
 import pytest
 from serverutil import start_granary
-from test_moon_cache import INSTANCE, MOON, make_workspace, moon_env, remote_warnings, run_moon, snapshot, tail
+from test_moon_cache import (
+    INSTANCE,
+    MOON,
+    make_workspace,
+    moon_env,
+    remote_warnings,
+    run_moon,
+    snapshot,
+    tail,
+)
 from test_moon_cache import task_operations as operations
 from tlsserver import PkiFiles, create_token, server_config, store_counts
 
