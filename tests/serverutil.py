@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-LISTEN_RE = re.compile(r"grpc://([0-9.]+):(\d+)")
+LISTEN_RE = re.compile(r"grpcs?://([0-9.]+):(\d+)")  # grpcs:// with server.tls
 
 
 class GranaryProcess:
