@@ -4,7 +4,7 @@ Debian's Bazel cannot speak grpcs:// by itself (its netty lacks JDK ALPN); with 
 OpenSSL backend (libnetty-tcnative-jni, see bazelutil.tls_startup_flags) it can.
 
 One TLS server with htpasswd users and personal access tokens, remote execution on:
-  (f) no credentials: the build fails with UNAUTHENTICATED;
+  (f) no credentials: the build (remote execution) fails with UNAUTHENTICATED, nothing stored;
   (a) HTTP Basic (`--remote_header=Authorization=Basic ...`): a build that caches, then after
       `bazel clean` >= 95% remote cache hits with byte-identical outputs;
   (b, d) a bearer token from `granary token create`: every action executes remotely
@@ -89,6 +89,7 @@ class TlsSession:
     config: Path
     startup: list[str]
     unauthenticated: BazelResult
+    after_unauthenticated: StoreCounts
     cold: BazelResult
     cold_outputs: dict[str, str]
     warm: BazelResult
@@ -133,8 +134,14 @@ def tls(tmp_path_factory, startup) -> Iterator[TlsSession]:
         def flags(*headers: tuple[str, str]) -> list[str]:
             return [f"--remote_cache={url}", "--remote_timeout=60", *tls_flags(pki.ca, headers=dict(headers))]
 
-        # (f) TLS but no credentials at all
-        unauthenticated = ws.build(*TARGETS, *flags(), output_base=base / "ob-anonymous", check=False)
+        # (f) TLS but no credentials at all. With only --remote_cache Bazel 4.2.3 shrugs off
+        # cache errors (warnings) and builds locally; asking it to execute remotely makes
+        # the refusal fail the build.
+        unauthenticated = ws.build(
+            *TARGETS, f"--remote_executor={url}", "--remote_timeout=60", *tls_flags(pki.ca), *REMOTE_EXECUTION,
+            output_base=base / "ob-anonymous", check=False,
+        )
+        after_unauthenticated = store_counts(server.data_dir)
         # (a) Basic: fill the cache, forget the outputs, get them back
         writer = ("Authorization", basic(*WRITER))
         cold = ws.build(*TARGETS, *flags(writer), check=False)
@@ -145,7 +152,8 @@ def tls(tmp_path_factory, startup) -> Iterator[TlsSession]:
         for name, run in (("no credentials", unauthenticated), ("basic cold", cold), ("basic after clean", warm)):
             print(f"{name}: rc={run.returncode} summary={run.summary}")
         session = TlsSession(base, pki, server, base / "server" / "granary.yaml", startup, unauthenticated,
-                             cold, cold_outputs, warm, warm_outputs, store_counts(server.data_dir))
+                             after_unauthenticated, cold, cold_outputs, warm, warm_outputs,
+                             store_counts(server.data_dir))
         yield session
     finally:
         server.stop()
@@ -155,6 +163,7 @@ def test_no_credentials_fail_with_unauthenticated(tls):
     r = tls.unauthenticated
     assert not r.ok, r.describe()
     assert "UNAUTHENTICATED" in r.output, r.describe()
+    assert tls.after_unauthenticated == StoreCounts(0, 0)
 
 
 def test_basic_credentials_fill_the_cache(tls):
