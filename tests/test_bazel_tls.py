@@ -12,7 +12,8 @@ One TLS server with htpasswd users and personal access tokens, remote execution 
   (e) a read-only identity (cache-read only) gets hits, runs what changed locally, and
       uploads nothing: the action cache and the CAS do not grow, the build succeeds.
 One mTLS server (client CA, identity from the certificate's common name):
-  (c) `--tls_client_certificate/--tls_client_key`: a build that caches, then hits.
+  (c) `--tls_client_certificate/--tls_client_key`: a build that caches, then hits;
+      without a client certificate the handshake is refused and the build stops.
 
 The Bazel runs are done in module-scoped fixtures (each costs 20-40 s here); the tests
 check one property each.
@@ -203,6 +204,7 @@ def test_read_only_identity_gets_hits_and_uploads_nothing(tls):
     r = ws.build(*TARGETS, *tls.flags(("Authorization", basic(*READER))), check=False)
     print(f"read-only: rc={r.returncode} summary={r.summary}")
     assert r.ok, r.describe()  # refused uploads are warnings, not failures
+    assert "Writing to Remote Cache" in r.output, r.describe()  # refused, not silently dropped
     assert r.cache_hits >= 2, r.describe()
     local = r.non_internal - r.cache_hits
     assert local >= 3, r.describe()  # hello, multi, chained, chained_again changed
@@ -225,6 +227,8 @@ def test_read_only_identity_gets_hits_and_uploads_nothing(tls):
 
 @dataclass
 class MtlsSession:
+    anonymous: BazelResult
+    after_anonymous: StoreCounts
     cold: BazelResult
     after_cold: StoreCounts
     warm: BazelResult
@@ -244,15 +248,19 @@ def mtls(tmp_path_factory, startup) -> Iterator[MtlsSession]:
         ws = copy_workspace(WORKSPACE, base / "alice", jobs=2, startup=startup)
         flags = [f"--remote_cache=grpcs://{server.address}", "--remote_timeout=60",
                  *tls_flags(pki.ca, pki.client_cert, pki.client_key)]
+        # no client certificate: the server refuses the TLS handshake; Bazel cannot even ask
+        # for the capabilities and stops
+        anonymous = ws.build(*TARGETS, *flags[:3], output_base=base / "ob-anonymous", check=False)
+        after_anonymous = store_counts(server.data_dir)
         cold = ws.build(*TARGETS, *flags, check=False)
         cold_outputs = ws.output_hashes() if cold.ok else {}
         after_cold = store_counts(server.data_dir)
         ws.clean()
         warm = ws.build(*TARGETS, *flags, check=False)
         warm_outputs = ws.output_hashes() if warm.ok else {}
-        for name, run in (("mtls cold", cold), ("mtls after clean", warm)):
+        for name, run in (("mtls without certificate", anonymous), ("mtls cold", cold), ("mtls after clean", warm)):
             print(f"{name}: rc={run.returncode} summary={run.summary}")
-        yield MtlsSession(cold, after_cold, warm, (cold_outputs, warm_outputs))
+        yield MtlsSession(anonymous, after_anonymous, cold, after_cold, warm, (cold_outputs, warm_outputs))
     finally:
         server.stop()
 
@@ -271,3 +279,10 @@ def test_mtls_client_certificate_hits_after_clean(mtls):
     assert warm.hit_rate >= 0.95, warm.describe()
     cold_outputs, warm_outputs = mtls.outputs
     assert cold_outputs and warm_outputs == cold_outputs
+
+
+def test_mtls_without_client_certificate_is_refused(mtls):
+    r = mtls.anonymous
+    assert not r.ok, r.describe()
+    assert "Failed to query remote execution capabilities" in r.output, r.describe()
+    assert mtls.after_anonymous == StoreCounts(0, 0)
