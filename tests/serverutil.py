@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-LISTEN_RE = re.compile(r"grpcs?://([0-9.]+):(\d+)")  # grpcs:// with server.tls
+LISTEN_RE = re.compile(r"grpcs?://([0-9.]+):(\d+)")
 
 
 class GranaryProcess:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from granary import __version__, cleanup_cli, config_cli
+from granary.auth import cli as auth_cli
+from granary.auth.settings import AuthSettings, check_exposure
 from granary.config import Config, load
 from granary.config_values import parse_listen
 from granary.errors import ConfigError
@@ -38,6 +40,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--data-dir", type=Path, help="where relative store paths live (default ~/.local/share/granary)")
     p.add_argument("--processes", type=int, help="server processes sharing the port (default: one per core)")
     p.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    p.add_argument("--allow-unauthenticated-network-access", action="store_true",
+                   help="listen beyond loopback although no authentication (auth:) is configured:"
+                   " anyone who reaches the port can read, write and execute")
     p.add_argument("--child-port", type=int, help=argparse.SUPPRESS)
 
 
@@ -49,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup_cli.add_parser(sub)
     worker_cli.add_parser(sub)
     config_cli.add_parser(sub)
+    auth_cli.add_parser(sub)
     return parser
 
 
@@ -60,6 +66,8 @@ def _load(args) -> Config:
         if args.processes < 1:
             raise ConfigError(f"--processes: expected 1 or more, got {args.processes}")
         cfg.processes = args.processes
+    check_exposure(cfg.host, cfg.auth or AuthSettings(),
+                   args.allow_unauthenticated_network_access or cfg.allow_unauthenticated)
     ensure_writable_dir(cfg.data_dir, "data directory")
     return cfg
 
@@ -85,11 +93,18 @@ def cmd_serve(args, argv: list[str]) -> int:
     from granary.execution.localworkers import LocalWorkers
 
     workers = LocalWorkers(cfg)
+    credential = None
+    if workers.count and (cfg.auth is not None or cfg.tls is not None):
+        from granary.auth.localworker import LocalWorkerCredential
+
+        credential = LocalWorkerCredential.mint(cfg.data_dir)  # before server processes start: they inherit it
+        workers.connect_through(credential.socket, credential.token_file if cfg.auth is not None else None)
+    scheme = "grpc" if cfg.tls is None else "grpcs"
 
     def announce(port: int) -> None:
         workers.start(port)
         print(
-            f"granary: serving REAPI on grpc://{cfg.host}:{port} with {processes} process"
+            f"granary: serving REAPI on {scheme}://{cfg.host}:{port} with {processes} process"
             f"{'es' if processes > 1 else ''}; data in {cfg.data_dir}",
             flush=True,
         )
@@ -103,6 +118,8 @@ def cmd_serve(args, argv: list[str]) -> int:
         return supervisor.run_supervisor(cfg, processes, argv, announce, workers)
     finally:
         workers.stop()
+        if credential is not None:
+            credential.remove()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             return worker_cli.cmd_worker(args)
         if args.command == "config":
             return config_cli.cmd_config(args)
+        if args.command in auth_cli.COMMANDS:
+            return auth_cli.run(args)
     except ConfigError as e:
         print(f"granary: configuration error: {e}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from granary.auth.settings import AuthSettings, TlsSettings
 from granary.config_models import (
     AC_MODELS,
     CAS_MODELS,
@@ -112,6 +113,9 @@ class Config:
     action_caches: dict[str, StoreSpec] = field(default_factory=dict)
     instances: dict[str, InstanceSpec] = field(default_factory=dict)
     execution: ExecutionConfig | None = None  # None: no instance executes
+    auth: AuthSettings | None = None  # None: no authentication, every call allowed
+    tls: TlsSettings | None = None  # None: plain gRPC
+    allow_unauthenticated: bool = False  # listen beyond loopback without auth
     file: GranaryConfig | None = field(default=None, compare=False, repr=False)  # as validated
 
     def resolve_path(self, p: str) -> Path:
@@ -226,6 +230,7 @@ def _build(file: GranaryConfig, data_dir: Path) -> Config:
         data_dir=Path(os.path.expanduser(server.data_dir)) if server.data_dir else data_dir,
         host=host, port=port, processes=server.processes, max_batch_size=server.max_batch_size,
         drain_timeout=server.drain_timeout, server=server, execution=file.execution, file=file,
+        auth=file.auth, tls=server.tls, allow_unauthenticated=server.allow_unauthenticated,
     )
     cfg.storage = {name: _spec(store, f"storage.{name}") for name, store in file.storage.items()}
     cfg.action_caches = {name: _spec(store, f"action_caches.{name}") for name, store in file.action_caches.items()}

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from granary.auth.settings import AuthSettings, TlsSettings
 from granary.config_values import (
     AutoCount,
     AutoPositive,
@@ -416,6 +417,10 @@ class ServerSection(Section):
     ac_max_inline_size: Size = Field(
         1 << 20, description="Largest inline stdout_raw, stderr_raw or output file contents in an action result.")
     ac_max_result_size: Size = Field(3 << 20, description="Largest serialized action result accepted.")
+    tls: TlsSettings | None = Field(
+        None, description="TLS on the gRPC port (cert, key; client_ca for mTLS); relative paths are in the data dir.")
+    allow_unauthenticated: Flag = Field(
+        False, description="Listen beyond loopback without `auth:` (same as --allow-unauthenticated-network-access).")
 
 
 class InstanceSection(Section):
@@ -527,6 +532,8 @@ class GranaryConfig(Section):
         default_factory=dict, validate_default=True, description='Instance name -> stores; "*" answers every other name.')
     execution: ExecutionConfig | None = Field(
         None, description="Remote execution; instances execute unless they say `execution: false`.")
+    auth: AuthSettings | None = Field(
+        None, description="Authentication and per-instance permissions (docs/security.md); absent: no checks.")
 
     @model_validator(mode="before")
     @classmethod
@@ -548,6 +555,14 @@ class GranaryConfig(Section):
         if not value:
             raise problem('at least one instance is needed (e.g. "*": {cas: main})')
         return value
+
+    @model_validator(mode="after")
+    def _mtls_needs_client_ca(self) -> GranaryConfig:
+        if self.auth is not None and self.auth.mtls is not None and (
+            self.server.tls is None or self.server.tls.client_ca is None
+        ):
+            raise problem("needs server.tls.client_ca (the CA that signs client certificates)", path="auth.mtls")
+        return self
 
     @model_validator(mode="after")
     def _execution_switches(self) -> GranaryConfig:

@@ -44,7 +44,7 @@ class RemoteEndpoint:
     tls_client_cert: Path | None = None
     tls_client_key: Path | None = None
     auth_header: str = "authorization"
-    auth_token: str | None = None  # sent as "Bearer TOKEN" unless it already has a scheme
+    auth_token: str | None = None  # in authorization: "Bearer TOKEN" unless it has a scheme; other headers: as is
     channel_options: dict[str, Any] = field(default_factory=dict)
     timeout: float = 300.0
     _channel: grpc.aio.Channel | None = field(default=None, init=False, repr=False)
@@ -64,8 +64,10 @@ class RemoteEndpoint:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         if not self.auth_token:
             return ()
-        token = self.auth_token if " " in self.auth_token else f"Bearer {self.auth_token}"
-        return ((self.auth_header.lower(), token),)
+        header = self.auth_header.lower()
+        if header != "authorization" or " " in self.auth_token:
+            return ((header, self.auth_token),)  # another header carries the bare token (x-granary-token)
+        return ((header, f"Bearer {self.auth_token}"),)
 
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:

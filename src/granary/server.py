@@ -25,6 +25,12 @@ import grpc
 
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from granary._proto.google.bytestream import bytestream_pb2 as bs_pb2
+from granary.auth.callers import operation_callers
+from granary.auth.identity import identity_or_peer
+from granary.auth.localworker import SOCKET_ENV, LocalWorkerKey
+from granary.auth.permissions import Policy
+from granary.auth.settings import build_auth
+from granary.auth.tls import server_credentials
 from granary.bootstrap import build_app
 from granary.config import Config
 from granary.errors import ConfigError
@@ -32,6 +38,7 @@ from granary.services.ac_service import ActionCacheService
 from granary.services.bytestream_service import ByteStreamService
 from granary.services.capabilities_service import CapabilitiesService
 from granary.services.cas_service import CasService
+from granary.services.client_key import peer_host
 from granary.services.registry import add_servicer
 
 if TYPE_CHECKING:
@@ -124,7 +131,22 @@ def grpc_options(cfg: Config, reuse_port: bool) -> list[tuple[str, int]]:
     ]
 
 
-def add_execution_services(server: grpc.aio.Server, app) -> None:
+def add_local_worker_socket(server: grpc.aio.Server, cfg: Config) -> None:
+    """Where the local workers connect when TLS or auth is on (auth/localworker.py): one abstract
+    Unix socket; with several server processes the first to bind it serves them, and a restarted
+    one takes over once it is free."""
+    socket = os.environ.get(SOCKET_ENV)
+    if not socket or (cfg.tls is None and cfg.auth is None):
+        return
+    try:
+        if server.add_insecure_port(socket):
+            return
+    except RuntimeError:
+        pass
+    log.debug("local worker socket %s is served by another server process", socket)
+
+
+def add_execution_services(server: grpc.aio.Server, app, policy: Policy | None = None) -> None:
     from google.longrunning import operations_pb2
 
     from granary._proto.google.devtools.remoteworkers.v1test2 import bots_pb2
@@ -134,8 +156,11 @@ def add_execution_services(server: grpc.aio.Server, app) -> None:
 
     farm = app.execution
     execution = re_pb2.DESCRIPTOR.services_by_name["Execution"]
-    add_servicer(server, ExecutionService(app.instances, farm.scheduler), execution)
-    add_servicer(server, OperationsService(farm.scheduler), operations_pb2.DESCRIPTOR.services_by_name["Operations"])
+    callers = operation_callers(policy)
+    add_servicer(server, ExecutionService(app.instances, farm.scheduler, callers), execution)
+    add_servicer(
+        server, OperationsService(farm.scheduler, callers), operations_pb2.DESCRIPTOR.services_by_name["Operations"]
+    )
     add_servicer(server, BotsService(farm.bots), bots_pb2.DESCRIPTOR.services_by_name["Bots"])
 
 
@@ -171,24 +196,30 @@ async def serve(
     on_ready: Callable[[int], None],
     workers: Workers | None = None,
 ) -> None:
+    auth = build_auth(cfg.auth, cfg.data_dir, LocalWorkerKey.from_environment()) if cfg.auth is not None else None
+    credentials = server_credentials(cfg.tls.files(cfg.data_dir)) if cfg.tls is not None else None
     app = build_app(cfg)
     gate = DrainGate()
-    server = grpc.aio.server(options=grpc_options(cfg, reuse_port), interceptors=[gate])
+    # Auth answers first: a caller without credentials gets UNAUTHENTICATED, never learns that we drain.
+    interceptors: list[grpc.aio.ServerInterceptor] = [gate] if auth is None else [auth.interceptor(), gate]
+    server = grpc.aio.server(options=grpc_options(cfg, reuse_port), interceptors=interceptors)
     instances = app.instances
     re_services = re_pb2.DESCRIPTOR.services_by_name
+    client_key = identity_or_peer if auth is not None else peer_host
     add_servicer(server, CasService(instances), re_services["ContentAddressableStorage"])
     add_servicer(server, ActionCacheService(instances), re_services["ActionCache"])
     add_servicer(server, CapabilitiesService(instances), re_services["Capabilities"])
-    add_servicer(server, ByteStreamService(instances), bs_pb2.DESCRIPTOR.services_by_name["ByteStream"])
+    add_servicer(server, ByteStreamService(instances, client_key), bs_pb2.DESCRIPTOR.services_by_name["ByteStream"])
     if app.execution is not None:
-        add_execution_services(server, app)
+        add_execution_services(server, app, auth.policy if auth is not None else None)
     address = f"[{cfg.host}]:{port}" if ":" in cfg.host else f"{cfg.host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     except RuntimeError as e:
         raise ConfigError(f"cannot listen on {address}: {e}") from None
     if not bound:
         raise ConfigError(f"cannot listen on {address} (address in use?)")
+    add_local_worker_socket(server, cfg)
     await server.start()
     tasks = [asyncio.ensure_future(cas.uploads.run_expiry()) for cas in app.cas_by_store.values()]
     tasks += [asyncio.ensure_future(j.run()) for j in app.janitors if j.interval]
@@ -205,6 +236,8 @@ async def serve(
     for t in tasks:
         t.cancel()
     await app.close()
+    if auth is not None:
+        auth.close()
 
 
 def tune_malloc() -> None:

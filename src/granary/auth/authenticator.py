@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from granary.auth.htpasswd import HtpasswdFile
 from granary.auth.identity import ANONYMOUS, Identity
 from granary.auth.jwt_auth import JwtVerifier
+from granary.auth.localworker import IDENTITY as LOCAL_WORKER_IDENTITY
+from granary.auth.localworker import SECRET_PREFIX as LOCAL_WORKER_PREFIX
+from granary.auth.localworker import LocalWorkerKey
 from granary.auth.mtls import AuthContext, CertIdentities
 from granary.auth.tokens import TokenStore, looks_like_token
 from granary.errors import Unauthenticated
@@ -46,6 +49,7 @@ class Authenticator:
     jwt: JwtVerifier | None = None
     certificates: CertIdentities | None = None
     token_header: str = DEFAULT_TOKEN_HEADER
+    local_worker: LocalWorkerKey | None = None  # the secret of the workers `granary serve` started
 
     async def identify(self, metadata: Metadata | None, auth_context: AuthContext | None = None) -> Identity:
         """The caller, ANONYMOUS without credentials; Unauthenticated for credentials that do not check out."""
@@ -73,6 +77,10 @@ class Authenticator:
         if scheme == "bearer":
             if not rest:
                 raise Unauthenticated(f"{AUTHORIZATION}: Bearer without a token")
+            if rest.startswith(LOCAL_WORKER_PREFIX):
+                if self.local_worker is not None and self.local_worker.matches(rest):
+                    return LOCAL_WORKER_IDENTITY
+                raise Unauthenticated(f"{AUTHORIZATION}: Bearer: not the credential of this server's local workers")
             if looks_like_token(rest):
                 return await self._token(rest, f"{AUTHORIZATION}: Bearer")
             if self.jwt is None:

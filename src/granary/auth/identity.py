@@ -15,6 +15,7 @@ class AuthMethod(StrEnum):
     JWT = "jwt"
     MTLS = "mtls"
     ANONYMOUS = "anonymous"
+    LOCAL_WORKER = "local-worker"  # the secret `granary serve` gives its own workers (localworker.py)
 
 
 @dataclass(frozen=True)
@@ -57,3 +58,11 @@ def set_identity(identity: Identity) -> Token[Identity]:
 
 def reset_identity(token: Token[Identity]) -> None:
     _current.reset(token)
+
+
+def identity_or_peer(context: Any) -> str:
+    """Who a call counts against for per-client limits: its identity when it has one, else its host."""
+    from granary.services.client_key import peer_host
+
+    identity = current_identity()
+    return f"identity:{identity.name}" if identity.authenticated else peer_host(context)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from granary.auth.identity import Identity
+from granary.auth.identity import AuthMethod, Identity
 from granary.errors import PermissionDenied, Unauthenticated
 
 
@@ -30,6 +30,8 @@ class Permission(StrEnum):
 
 
 ALL = frozenset(Permission)
+# what the local workers of `granary serve` may do, on every instance: run work, fetch inputs, store outputs
+LOCAL_WORKER_PERMISSIONS = frozenset({Permission.WORKER, Permission.CACHE_READ, Permission.CACHE_WRITE})
 ANY_AUTHENTICATED = "*"
 
 
@@ -110,6 +112,10 @@ class Policy:
 
     def check(self, identity: Identity | None, instance: str, permission: Permission) -> None:
         """Raise Unauthenticated (no credentials, no anonymous grant) or PermissionDenied."""
+        if identity is not None and identity.method is AuthMethod.LOCAL_WORKER:
+            if permission in LOCAL_WORKER_PERMISSIONS:
+                return
+            raise PermissionDenied(f"{identity.describe()} may not {permission.value} on instance {instance!r}")
         anonymous = identity is None or not identity.authenticated
         if self.anonymous_may(instance, permission) and (
             anonymous or _token_allows(identity, instance, permission)  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from granary.auth.authenticator import DEFAULT_TOKEN_HEADER, Authenticator
 from granary.auth.htpasswd import HtpasswdFile
 from granary.auth.jwt_auth import ASYMMETRIC, DEFAULT_ALGORITHMS, JwtOptions, JwtVerifier
+from granary.auth.localworker import LocalWorkerKey
 from granary.auth.mtls import CertField, CertIdentities
 from granary.auth.permissions import AnonymousGrant, Permission, Policy, Rule
 from granary.auth.tls import TlsFiles
@@ -215,8 +216,10 @@ def build_policy(settings: AuthSettings) -> Policy:
     return Policy(rules, anonymous)
 
 
-def build_auth(settings: AuthSettings, data_dir: Path) -> AuthRuntime:
-    """The runtime objects; ConfigError (one line) for files or databases that cannot be used."""
+def build_auth(settings: AuthSettings, data_dir: Path, local_worker: LocalWorkerKey | None = None) -> AuthRuntime:
+    """The runtime objects; ConfigError (one line) for files or databases that cannot be used.
+
+    `local_worker`: the hash of the secret this server's own workers present (localworker.py)."""
     htpasswd = HtpasswdFile(_path(settings.htpasswd, data_dir)) if settings.htpasswd is not None else None
     tokens = token_store(settings.tokens, data_dir) if settings.tokens is not None else None
     verifier = None
@@ -240,7 +243,7 @@ def build_auth(settings: AuthSettings, data_dir: Path) -> AuthRuntime:
     if settings.mtls is not None:
         certs = CertIdentities(CertField(settings.mtls.identity), settings.mtls.san_prefix)
     header = settings.tokens.header if settings.tokens is not None else DEFAULT_TOKEN_HEADER
-    authenticator = Authenticator(htpasswd, tokens, verifier, certs, header)
+    authenticator = Authenticator(htpasswd, tokens, verifier, certs, header, local_worker)
     return AuthRuntime(authenticator, build_policy(settings))
 
 

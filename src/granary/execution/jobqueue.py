@@ -27,7 +27,7 @@ from granary.errors import ConfigError, InvalidArgument, NotFound
 from granary.execution import leases, opfilter
 from granary.execution.operations import COMPLETED, EXECUTING, QUEUED, cancelled_response, error_response
 from granary.execution.platform import Capabilities, from_key, unsatisfied_reason
-from granary.execution.schema import bots, jobs, metadata, operations
+from granary.execution.schema import add_missing_columns, bots, jobs, metadata, operations
 from granary.sqlite_wal import enable_wal
 
 log = logging.getLogger("granary.execution.queue")
@@ -45,6 +45,7 @@ _FILTER_COLUMNS = {
     "tool_version": operations.c.tool_version,
     "invocation_id": operations.c.invocation_id,
     "correlated_invocations_id": operations.c.correlated_invocations_id,
+    "identity": operations.c.identity,
 }
 
 
@@ -105,11 +106,23 @@ class JobQueue:
             if self.is_postgres:
                 with self.engine.begin() as conn:  # several processes may start at once
                     conn.execute(text("SELECT pg_advisory_xact_lock(7426335)"))
-                    metadata.create_all(conn)
+                    self._create(conn)
             else:
-                metadata.create_all(self.engine)
+                with self.engine.begin() as conn:
+                    self._create(conn)
         except OperationalError as e:
             raise ConfigError(f"execution.database: cannot open {self.safe_url()}: {e.orig}") from None
+
+    @staticmethod
+    def _create(conn: Connection) -> None:
+        """Tables of a new database; columns added since for one made by an older Granary."""
+        tables = list(metadata.sorted_tables)
+        for table in tables:
+            table.create(conn, checkfirst=True)
+        add_missing_columns(conn)
+        for table in tables:
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
 
     def safe_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
@@ -187,12 +200,15 @@ class JobQueue:
             return tuple(row) if row else ()
 
     def list_operations(
-        self, instance: str, filter_text: str, page_size: int, page_token: str
+        self, instance: str, filter_text: str, page_size: int, page_token: str, owner: str | None = None
     ) -> tuple[list[tuple[RowMapping, RowMapping]], str]:
+        """`owner`: only the operations of this identity (None: everyone's)."""
         query = opfilter.parse(filter_text)
         offset = _decode_token(page_token)
         page_size = min(page_size or 100, 1000)
         conds = [operations.c.instance == instance]
+        if owner is not None:
+            conds.append(operations.c.identity == owner)
         for c in query.conditions:
             col = _FILTER_COLUMNS[c.field]
             conds.append({

@@ -88,6 +88,13 @@ class LocalWorkers:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._argv: dict[str, list[str]] = {}
+        self._socket: str | None = None
+        self._token_file: Path | None = None
+
+    def connect_through(self, socket: str, token_file: Path | None) -> None:
+        """With TLS or auth on: reach the server on its local worker socket (auth/localworker.py),
+        presenting the secret in token_file when auth is on."""
+        self._socket, self._token_file = socket, token_file
 
     def start(self, port: int) -> None:
         if not self.count or not self.instances:
@@ -95,10 +102,12 @@ class LocalWorkers:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else ("[::1]" if self.host == "::" else self.host)
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
+        server = self._socket or f"{host}:{port}"
+        credential = ["--token-file", str(self._token_file)] if self._token_file is not None else []
         for i, instance in enumerate(self.instances):
             cache = Path(self.data_dir) / "worker" / str(i)
             self._argv[instance] = [
-                sys.executable, "-m", "granary", "worker", "--server", f"{host}:{port}", "--instance", instance,
+                sys.executable, "-m", "granary", "worker", "--server", server, *credential, "--instance", instance,
                 "--concurrency", str(self.count), "--cache-dir", str(cache / "cas"),
                 "--name", f"local-{os.getpid()}-{i}", "--shutdown-grace", f"{self.grace:g}",
             ]

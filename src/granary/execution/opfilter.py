@@ -6,7 +6,8 @@
     OP       := '=' | '!=' | '>' | '>=' | '<' | '<='
 
 Fields: name, stage, queued_time, start_time, completed_time, tool_name,
-tool_version, invocation_id, correlated_invocations_id. Stages are named
+tool_version, invocation_id, correlated_invocations_id, identity (who called
+Execute; `identity = alice`). Stages are named
 (QUEUED, EXECUTING, COMPLETED, ... any case) or numbered; times are ISO 8601
 (UTC unless an offset is given). Several sort_order terms add sort keys in
 order. The default is `stage != COMPLETED & sort_order = queued_time`.
@@ -24,7 +25,7 @@ from granary.execution.operations import STAGE_NAMES
 DEFAULT_FILTER = "stage != COMPLETED & sort_order = queued_time"
 FIELDS = (
     "name", "stage", "queued_time", "start_time", "completed_time",
-    "tool_name", "tool_version", "invocation_id", "correlated_invocations_id",
+    "tool_name", "tool_version", "invocation_id", "correlated_invocations_id", "identity",
 )
 TIME_FIELDS = {"queued_time", "start_time", "completed_time"}
 OPERATORS = ("!=", ">=", "<=", "=", ">", "<")

@@ -24,6 +24,7 @@ from granary.execution.inputs import load_action
 from granary.execution.jobqueue import JobQueue
 from granary.execution.notifier import Notifier
 from granary.execution.operations import COMPLETED, QUEUED, error_response, render
+from granary.execution.owners import EVERYONE, Caller
 from granary.instance import Instance
 
 log = logging.getLogger("granary.execution.scheduler")
@@ -83,8 +84,10 @@ class Scheduler:
     # ---- Execute ------------------------------------------------------------
 
     async def execute(
-        self, inst: Instance, request: re_pb2.ExecuteRequest, md: re_pb2.RequestMetadata
+        self, inst: Instance, request: re_pb2.ExecuteRequest, md: re_pb2.RequestMetadata,
+        caller: Caller = EVERYONE,
     ) -> AsyncIterator[operations_pb2.Operation]:
+        """`caller` owns the operation made (its identity is recorded on it and logged)."""
         ex = execution_of(inst)
         if not request.HasField("action_digest"):
             raise InvalidArgument("Execute needs an action_digest")
@@ -96,16 +99,18 @@ class Scheduler:
             )
         prefix = f"{inst.name}/" if inst.name else ""
         op_name = f"{prefix}operations/{uuid.uuid4()}"
-        return self._execute(inst, ex, request, md, action_digest, op_name, action_digest.function)
+        log.info("Execute %s on instance %r by %s: operation %s", action_digest, inst.name,
+                 caller.shown or "(no authentication)", op_name)
+        return self._execute(inst, ex, request, md, action_digest, op_name, action_digest.function, caller.name)
 
     async def _execute(
         self, inst: Instance, ex: ExecutionInstance, request: re_pb2.ExecuteRequest, md: re_pb2.RequestMetadata,
-        action_digest: dg.BlobDigest, op_name: str, fn: int,
+        action_digest: dg.BlobDigest, op_name: str, fn: int, owner: str,
     ) -> AsyncIterator[operations_pb2.Operation]:
         # Nothing is yielded before the operation is committed to the queue database: a client
         # may ask any server process about an operation name as soon as it has seen it.
         op = {"name": op_name, "instance": inst.name, "created_time": time.time(), "cancelled": False,
-              **_labels(md)}
+              "identity": owner, **_labels(md)}
         if not request.skip_cache_lookup and inst.action_cache is not None:
             try:
                 cached = await inst.action_cache.get(
@@ -235,7 +240,9 @@ class Scheduler:
 
     # ---- following an operation ---------------------------------------------
 
-    async def follow(self, op_name: str, job_name: str | None = None) -> AsyncIterator[operations_pb2.Operation]:
+    async def follow(
+        self, op_name: str, job_name: str | None = None, caller: Caller = EVERYONE
+    ) -> AsyncIterator[operations_pb2.Operation]:
         """Stream an operation's state: once now, then on every stage change until done."""
         last: tuple[int, bool] | None = None
         idle = 0.0
@@ -246,6 +253,7 @@ class Scheduler:
                     raise NotFound(f"operation {op_name!r} not found (finished long ago, deleted or never made)")
                 op_row, job_row = found
                 if job_name is None:
+                    caller.check(op_row["instance"], op_row["identity"], op_name)
                     job_name = job_row["name"]
                     continue  # subscribe to the job before deciding we are up to date
                 operation = render(op_row, job_row)
@@ -261,27 +269,37 @@ class Scheduler:
 
     # ---- Operations API -----------------------------------------------------
 
-    async def get_operation(self, name: str) -> operations_pb2.Operation:
+    async def _owned(self, name: str, caller: Caller) -> tuple[Any, Any]:
         found = await self.queue.run(self.queue.get_operation, name)
         if found is None:
             raise NotFound(f"operation {name!r} not found")
-        return render(*found)
+        caller.check(found[0]["instance"], found[0]["identity"], name)
+        return found
+
+    async def get_operation(self, name: str, caller: Caller = EVERYONE) -> operations_pb2.Operation:
+        return render(*await self._owned(name, caller))
 
     async def list_operations(
-        self, instance: str, filter_text: str, page_size: int, page_token: str
+        self, instance: str, filter_text: str, page_size: int, page_token: str, caller: Caller = EVERYONE
     ) -> operations_pb2.ListOperationsResponse:
+        """The caller's operations on `instance`, everyone's when it may see them all (admin)."""
         if page_size < 0:
             raise InvalidArgument(f"page_size {page_size} is negative")
-        rows, token = await self.queue.run(self.queue.list_operations, instance, filter_text, page_size, page_token)
+        owner = None if caller.sees_all(instance) else caller.name
+        rows, token = await self.queue.run(
+            self.queue.list_operations, instance, filter_text, page_size, page_token, owner
+        )
         return operations_pb2.ListOperationsResponse(
             operations=[render(op, job) for op, job in rows], next_page_token=token
         )
 
-    async def cancel_operation(self, name: str) -> None:
+    async def cancel_operation(self, name: str, caller: Caller = EVERYONE) -> None:
+        await self._owned(name, caller)
         job_name, _bot = await self.queue.run(self.queue.cancel_operation, name, time.time())
         self.notifier.job_changed(job_name)
 
-    async def delete_operation(self, name: str) -> None:
+    async def delete_operation(self, name: str, caller: Caller = EVERYONE) -> None:
+        await self._owned(name, caller)
         await self.queue.run(self.queue.delete_operation, name)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     Float,
     Index,
     Integer,
@@ -64,7 +65,15 @@ operations = Table(
     Column("action_mnemonic", String(255), nullable=False, default=""),
     Column("target_id", Text, nullable=False, default=""),
     Column("configuration_id", String(255), nullable=False, default=""),
+    # identity name of the caller whose Execute made it ("" without authentication); see owners.py
+    Column("identity", String(255), nullable=False, default="", server_default=""),
 )
+Index("granary_operations_identity", operations.c.instance, operations.c.identity)
+
+# Columns added after a release: (table, column, SQL type and default) for databases made before them.
+ADDED_COLUMNS = [
+    ("granary_operations", "identity", "VARCHAR(255) NOT NULL DEFAULT ''"),
+]
 
 bots = Table(
     "granary_bots",
@@ -79,3 +88,17 @@ bots = Table(
     Column("created_time", Float, nullable=False),
     Column("last_seen", Float, nullable=False, index=True),
 )
+
+
+def add_missing_columns(conn: Connection) -> None:
+    """ALTER TABLE ... ADD COLUMN for every column an older database lacks (SQLite and PostgreSQL).
+
+    Runs after create_all and before indexes on new columns are needed; PostgreSQL callers
+    hold an advisory lock, SQLite ones the database's write lock."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(conn)
+    for table, column, definition in ADDED_COLUMNS:
+        have = {c["name"] for c in inspector.get_columns(table)}
+        if column not in have:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {definition}"))

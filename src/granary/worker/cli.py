@@ -29,10 +29,21 @@ def add_parser(sub) -> None:
                    " a worker restarted with the same name takes over (and gives back) its old leases")
     p.add_argument("--shutdown-grace", type=float, default=30.0,
                    help="seconds running actions may finish after SIGTERM (default 30)")
+    p.add_argument("--tls-ca", type=Path, help="PEM CA bundle the server's certificate must chain to"
+                   " (implies TLS; default with grpcs://: the system roots)")
+    p.add_argument("--tls-client-cert", type=Path, help="PEM client certificate, for servers that want mTLS")
+    p.add_argument("--tls-client-key", type=Path, help="PEM private key of --tls-client-cert")
+    p.add_argument("--tls-server-name", help="name the server's certificate must carry (default: the host)")
+    p.add_argument("--token-file", type=Path, help="file holding the access token (sent as Bearer)")
+    p.add_argument("--token-env", metavar="VAR", help="environment variable holding the access token")
+    p.add_argument("--basic-auth-file", type=Path, help="file holding user:password (sent as HTTP Basic)")
+    p.add_argument("--auth-header", default="authorization",
+                   help="metadata key for the token (default authorization: 'Bearer TOKEN'; e.g. x-granary-token)")
     p.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from granary.worker.connect import Credentials, auth_header
     from granary.worker.main import WorkerConfig, default_concurrency, run
     from granary.worker.platform import parse_property
 
@@ -53,6 +64,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         sandbox=args.sandbox,
         sandbox_paths=tuple(args.sandbox_path),
         shutdown_grace=args.shutdown_grace,
+        credentials=Credentials(
+            tls_ca=args.tls_ca, tls_client_cert=args.tls_client_cert, tls_client_key=args.tls_client_key,
+            tls_server_name=args.tls_server_name,
+            header=auth_header(args.token_file, args.token_env, args.basic_auth_file, args.auth_header),
+        ),
     )
     if args.cache_dir is not None:
         cfg.cache_dir = args.cache_dir

@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 
 from granary.worker.bot import BotConfig, BotSession, Shutdown
-from granary.worker.connect import wait_until_answered
+from granary.worker.connect import Credentials, open_channel, wait_until_answered
 from granary.worker.execute import Executor, remove_tree
 from granary.worker.local_cas import LocalCas
 from granary.worker.platform import properties
@@ -51,14 +51,15 @@ class WorkerConfig:
     named: bool = False  # name given (--name): bot ids omit the pid, so a restart comes back as the same bots
     poll_timeout: float = 60.0
     shutdown_grace: float = 30.0
+    credentials: Credentials = field(default_factory=Credentials)  # TLS files and the auth header
 
 
 def default_concurrency() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def channel_for(server: str) -> grpc.Channel:
-    """grpc://HOST:PORT or HOST:PORT (plain), grpcs://HOST:PORT (TLS with the system roots)."""
+def channel_for(server: str, credentials: Credentials | None = None) -> grpc.Channel:
+    """grpc://HOST:PORT or HOST:PORT (plain), grpcs://HOST:PORT (TLS: --tls-ca or the system roots)."""
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -66,9 +67,7 @@ def channel_for(server: str) -> grpc.Channel:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
-    if server.startswith("grpcs://"):
-        return grpc.secure_channel(server.removeprefix("grpcs://"), grpc.ssl_channel_credentials(), options)
-    return grpc.insecure_channel(server.removeprefix("grpc://"), options)
+    return open_channel(server, credentials or Credentials(), options)
 
 
 class Worker:
@@ -77,7 +76,7 @@ class Worker:
         self.shutdown = Shutdown()
         work_dir = cfg.work_dir or cfg.cache_dir.parent / "work"
         self.work_dir = work_dir / f"{os.getpid()}"
-        self.channel = channel_for(cfg.server)
+        self.channel = channel_for(cfg.server, cfg.credentials)
         sandbox = make_sandbox(cfg.sandbox, cfg.sandbox_paths)
         self.executor = Executor(
             remote=RemoteCas(self.channel, cfg.instance),
