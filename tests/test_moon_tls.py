@@ -35,7 +35,6 @@ from tlsserver import PkiFiles, create_token, server_config, store_counts
 
 pytestmark = [
     pytest.mark.client,
-    pytest.mark.slow,
     pytest.mark.skipif(MOON is None, reason="moon not installed (npm install --prefix tests/clients)"),
     pytest.mark.skipif(shutil.which("git") is None, reason="moon needs git"),
     pytest.mark.timeout(600),
