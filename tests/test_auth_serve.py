@@ -98,7 +98,7 @@ server:
 storage: {{main: {{type: disk, path: cas}}}}
 action_caches: {{main: {{type: disk, path: ac}}}}
 instances: {{"*": {{cas: main, action_cache: main}}}}
-execution: {{local_workers: 1, known_platforms: "[]", platform_grace: 0, bot_long_poll: 1}}
+execution: {{local_workers: 1, known_platforms: [], platform_grace: 60s, bot_long_poll: 1}}
 auth:
   htpasswd: htpasswd
   tokens: {{header: x-granary-token}}

@@ -101,9 +101,11 @@ class DrainGate(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
-        if self.draining and method == EXECUTE:
-            return self._refused
         handler = await continuation(handler_call_details)
+        if self.draining and method == EXECUTE and handler is not None:
+            # the request is still parsed: an interceptor before this one (auth) reads its instance name
+            return self._refused._replace(request_deserializer=handler.request_deserializer,
+                                          response_serializer=handler.response_serializer)
         if method in FOLLOWING and handler is not None and handler.unary_stream is not None:
             return handler._replace(unary_stream=self._counted(handler.unary_stream))
         return handler

@@ -8,6 +8,10 @@ jwt_auth.py     OIDC/JWT bearer tokens verified against a JWKS
 mtls.py         identities from client certificates
 authenticator.py  gRPC metadata and TLS peer -> Identity, trying each configured method
 interceptor.py  the gRPC server interceptor: authenticate once per call, authorize per method
-settings.py     the `auth:` configuration section and the function that builds all of the above
+settings.py     the `auth:` and `server.tls:` configuration sections and build_auth, which builds the above
+defaults.py     constants the settings need without importing bcrypt, PyJWT or SQLAlchemy
+localworker.py  the secret `granary serve` gives the local workers it starts
+callers.py      the current identity as the owner (or admin) the scheduler checks operations against
+tls.py          server TLS credentials from certificate files, re-read when they change
 cli.py          `granary token`, `granary login`, `granary credential-helper`
 """

@@ -14,6 +14,7 @@ import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from granary.auth.defaults import DEFAULT_TOKEN_HEADER
 from granary.auth.htpasswd import HtpasswdFile
 from granary.auth.identity import ANONYMOUS, Identity
 from granary.auth.jwt_auth import JwtVerifier
@@ -25,7 +26,6 @@ from granary.auth.tokens import TokenStore, looks_like_token
 from granary.errors import Unauthenticated
 
 AUTHORIZATION = "authorization"
-DEFAULT_TOKEN_HEADER = "x-granary-token"
 Metadata = Sequence[tuple[str, str | bytes]]
 
 

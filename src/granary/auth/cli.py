@@ -251,8 +251,14 @@ def _credential_helper(args: argparse.Namespace) -> int:
     return 0
 
 
+def credential_helper_main(argv: list[str] | None = None) -> int:
+    """The `granary-credential-helper` console script: Bazel runs `granary-credential-helper get`
+    (--credential_helper=cache.example.com=granary-credential-helper)."""
+    return main(["credential-helper", *(sys.argv[1:] if argv is None else argv)])
+
+
 def main(argv: list[str] | None = None) -> int:
-    """These commands alone (`python -m granary.auth.cli ...`), until `granary` registers them."""
+    """These commands alone (`python -m granary.auth.cli ...`); `granary` registers them too."""
     parser = argparse.ArgumentParser(prog="granary")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

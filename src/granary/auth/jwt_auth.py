@@ -29,12 +29,11 @@ from typing import Any
 
 import jwt
 
+from granary.auth.defaults import ASYMMETRIC, DEFAULT_ALGORITHMS
 from granary.auth.identity import AuthMethod, Identity
 from granary.errors import ConfigError, Unauthenticated, Unavailable
 
 log = logging.getLogger("granary.auth")
-ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
-DEFAULT_ALGORITHMS = ("RS256", "ES256")
 
 
 @dataclass

@@ -27,21 +27,19 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from granary.auth.authenticator import DEFAULT_TOKEN_HEADER, Authenticator
-from granary.auth.htpasswd import HtpasswdFile
-from granary.auth.jwt_auth import ASYMMETRIC, DEFAULT_ALGORITHMS, JwtOptions, JwtVerifier
+from granary.auth.defaults import ASYMMETRIC, DEFAULT_ALGORITHMS, DEFAULT_TOKEN_DATABASE, DEFAULT_TOKEN_HEADER
 from granary.auth.localworker import LocalWorkerKey
-from granary.auth.mtls import CertField, CertIdentities
+from granary.auth.mtls import CertField
 from granary.auth.permissions import AnonymousGrant, Permission, Policy, Rule
-from granary.auth.tls import TlsFiles
-from granary.auth.tokens import TokenStore
 from granary.errors import ConfigError
-from granary.sql import resolve_url
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the runtime objects import bcrypt, PyJWT, SQLAlchemy and gRPC: only build_auth needs them
+    from granary.auth.authenticator import Authenticator
     from granary.auth.interceptor import AuthInterceptor
+    from granary.auth.tls import TlsFiles
+    from granary.auth.tokens import TokenStore
 
-DEFAULT_TOKEN_DATABASE = "sqlite:///tokens.sqlite"
+__all__ = ["DEFAULT_TOKEN_DATABASE", "AuthSettings", "TlsSettings", "build_auth", "check_exposure"]
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -160,6 +158,8 @@ class TlsSettings(_Model):
     )
 
     def files(self, data_dir: Path) -> TlsFiles:
+        from granary.auth.tls import TlsFiles
+
         ca = _path(self.client_ca, data_dir) if self.client_ca is not None else None
         return TlsFiles(_path(self.cert, data_dir), _path(self.key, data_dir), ca)
 
@@ -201,6 +201,9 @@ def _path(p: Path, base: Path) -> Path:
 
 
 def token_store(settings: TokenSettings | None, data_dir: Path) -> TokenStore:
+    from granary.auth.tokens import TokenStore
+    from granary.sql import resolve_url
+
     s = settings or TokenSettings()
     store = TokenStore(resolve_url(s.database, data_dir), cache_seconds=s.cache_seconds)
     store.create_schema()
@@ -220,6 +223,11 @@ def build_auth(settings: AuthSettings, data_dir: Path, local_worker: LocalWorker
     """The runtime objects; ConfigError (one line) for files or databases that cannot be used.
 
     `local_worker`: the hash of the secret this server's own workers present (localworker.py)."""
+    from granary.auth.authenticator import Authenticator
+    from granary.auth.htpasswd import HtpasswdFile
+    from granary.auth.jwt_auth import JwtOptions, JwtVerifier
+    from granary.auth.mtls import CertIdentities
+
     htpasswd = HtpasswdFile(_path(settings.htpasswd, data_dir)) if settings.htpasswd is not None else None
     tokens = token_store(settings.tokens, data_dir) if settings.tokens is not None else None
     verifier = None
