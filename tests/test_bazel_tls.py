@@ -36,6 +36,7 @@ from bazelutil import (
     tls_flags,
     tls_startup_flags,
 )
+from google.longrunning import operations_pb2, operations_pb2_grpc
 from serverutil import GranaryProcess, start_granary
 from tlsserver import (
     PkiFiles,
@@ -193,6 +194,18 @@ def test_bearer_token_executes_remotely(tls):
     assert not ran_here, f"processes ran locally: {ran_here}\n{r.describe()}"
     assert r.count("remote") == tls.cold.non_internal, (r.summary, tls.cold.summary)
     assert ws.output_hashes() == tls.cold_outputs
+    # each remotely executed action is an operation owned by the token's identity
+    # (another caller without admin sees none of them)
+    def completed(who: str, authorization: str) -> list[str]:
+        with tls_channel(tls.server.address, tls.pki) as channel:
+            response = operations_pb2_grpc.OperationsStub(channel).ListOperations(
+                operations_pb2.ListOperationsRequest(filter=f"identity = {who} & stage = COMPLETED", page_size=1000),
+                metadata=[("authorization", authorization)], timeout=30,
+            )
+        return [op.name for op in response.operations]
+
+    assert len(completed("builder", f"Bearer {token}")) == r.count("remote")
+    assert completed("builder", basic(*WRITER)) == []
 
 
 def test_read_only_identity_gets_hits_and_uploads_nothing(tls):
