@@ -25,14 +25,15 @@ from granary._proto.google.bytestream import bytestream_pb2_grpc
 from granary._proto.google.devtools.remoteworkers.v1test2 import bots_pb2, bots_pb2_grpc
 from granary.worker.connect import Credentials, open_channel
 
-PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "reader": "reader-pw", "mallory": "mallory-pw", "boss": "boss-pw"}
+PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "reader": "reader-pw", "mallory": "mallory-pw", "boss": "boss-pw",
+             "farmer": "farmer-pw"}
 RULES = """
   rules:
     - {identities: [alice, bob, ci], permissions: [cache-read, cache-write, ac-write, execute]}
     - {identities: [reader], permissions: [cache-read]}
     - {identities: [mallory], permissions: [cache-read, cache-write, execute]}
     - {identities: [boss], permissions: [admin]}
-    - {identities: [farm], permissions: [worker, cache-read, cache-write]}
+    - {identities: [farm, farmer], permissions: [worker, cache-read, cache-write]}
 """
 UNAUTHENTICATED, DENIED = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
 
@@ -238,12 +239,20 @@ def final_op_name(client: ExecClient, d: re_pb2.Digest) -> str:
     return ops[-1].name
 
 
-def test_a_remote_worker_with_a_token_and_tls_executes(server, tmp_path):
-    token_file = tmp_path / "farm.token"
-    token_file.write_text(server.tokens["farm"] + "\n")
+@pytest.mark.parametrize("style", ["bearer", "token-header", "basic"])
+def test_a_remote_worker_with_a_token_and_tls_executes(server, tmp_path, style):
+    secret = tmp_path / "secret"
+    if style == "basic":
+        secret.write_text(f"farmer:{PASSWORDS['farmer']}\n")
+        credential = ["--basic-auth-file", str(secret)]
+    else:
+        secret.write_text(server.tokens["farm"] + "\n")
+        credential = ["--token-file", str(secret)]
+        if style == "token-header":
+            credential += ["--auth-header", "x-granary-token"]
     worker = subprocess.Popen(
         [sys.executable, "-m", "granary", "worker", "--server", f"grpcs://{server.proc.address}",
-         "--tls-ca", str(server.ca), "--token-file", str(token_file), "--property", "Pool=remote",
+         "--tls-ca", str(server.ca), *credential, "--property", "Pool=remote",
          "--name", "farm-worker", "--cache-dir", str(tmp_path / "cache"), "--concurrency", "1",
          "--sandbox", "none"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

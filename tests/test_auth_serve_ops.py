@@ -5,6 +5,7 @@ unauthenticated caller of a draining server, and local workers of several server
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import uuid
 from pathlib import Path
 
 import bcrypt
@@ -25,7 +27,7 @@ from serverutil import start_granary
 
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
-from granary._proto.google.bytestream import bytestream_pb2_grpc
+from granary._proto.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
 from granary.execution.jobqueue import JobQueue
 from granary.worker.connect import Credentials, open_channel
 
@@ -186,3 +188,31 @@ auth:
             assert response.result.exit_code == 0, response
             assert response.result.execution_metadata.worker.startswith("local-")
             alice.close()
+
+
+def _abandon(client: ExecClient, size: int) -> None:
+    """Open an upload, send a piece of it and walk away: it stays unfinished (resumable)."""
+    name = f"uploads/{uuid.uuid4()}/blobs/{hashlib.sha256(os.urandom(8)).hexdigest()}/{size}"
+    client.bs.Write(iter([bytestream_pb2.WriteRequest(resource_name=name, data=b"x" * 10)]), timeout=60)
+
+
+def test_upload_limits_count_per_identity_not_per_host(tmp_path):
+    _, ca = tls_data_dir(tmp_path, {"alice": "pw", "bob": "pw"})
+    config = """
+server: {tls: {cert: server.crt, key: server.key}, max_uploads_per_client: 2}
+instances: {"*": {cas: {type: memory}}}
+auth:
+  htpasswd: htpasswd
+  rules: [{identities: [alice, bob], permissions: [cache-read, cache-write]}]
+"""
+    with start_granary(tmp_path, config) as server:
+        alice = secure_client(server.address, ca, basic("alice", "pw"))
+        bob = secure_client(server.address, ca, basic("bob", "pw"))  # same host, another identity
+        _abandon(alice, 1000)
+        _abandon(alice, 1000)
+        with pytest.raises(grpc.RpcError) as e:
+            _abandon(alice, 1000)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "identity:alice" in (e.value.details() or "")
+        _abandon(bob, 1000)
+        _abandon(bob, 1000)
