@@ -130,9 +130,11 @@ class BazelResult:
 class BazelWorkspace:
     """A private copy of a test workspace plus the Bazel state that goes with it."""
 
-    def __init__(self, root: Path, state: Path, jobs: int = 4):
+    def __init__(self, root: Path, state: Path, jobs: int = 4, startup: list[str] | None = None):
         self.root = root
         self.state = state
+        # extra startup options for every run (e.g. tls_startup_flags())
+        self.startup = list(startup or [])
         self.home = state / "home"
         self.output_user_root = state / "output_user_root"
         self.logs = state / "logs"
@@ -152,7 +154,7 @@ class BazelWorkspace:
         flags = ["--batch", "--nohome_rc", f"--output_user_root={self.output_user_root}"]
         if output_base is not None:
             flags.append(f"--output_base={output_base}")
-        return flags
+        return flags + self.startup
 
     def run(
         self,
@@ -256,7 +258,7 @@ def hash_tree(root: Path, include_runfiles: bool = False) -> dict[str, str]:
     return hashes
 
 
-def copy_workspace(name: str, tmp_path: Path, jobs: int = 4) -> BazelWorkspace:
+def copy_workspace(name: str, tmp_path: Path, jobs: int = 4, startup: list[str] | None = None) -> BazelWorkspace:
     """Copy tests/workspaces/NAME to tmp_path/NAME (without any bazel-*
     symlinks) and return a BazelWorkspace whose Bazel state lives in
     tmp_path/bazel-state."""
@@ -265,7 +267,7 @@ def copy_workspace(name: str, tmp_path: Path, jobs: int = 4) -> BazelWorkspace:
         raise FileNotFoundError(f"no Bazel workspace at {src}")
     dst = Path(tmp_path) / name
     shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("bazel-*"))
-    return BazelWorkspace(dst, Path(tmp_path) / "bazel-state", jobs=jobs)
+    return BazelWorkspace(dst, Path(tmp_path) / "bazel-state", jobs=jobs, startup=startup)
 
 
 def remote_flags(address: str, instance: str | None = None, *extra: str) -> list[str]:
@@ -274,4 +276,45 @@ def remote_flags(address: str, instance: str | None = None, *extra: str) -> list
     if instance is not None:
         flags.append(f"--remote_instance_name={instance}")
     flags.extend(extra)
+    return flags
+
+
+# ---- TLS ----------------------------------------------------------------------------------
+#
+# Debian's Bazel 4.2.3 bundles a netty whose JDK ALPN code is stripped, so any grpcs://
+# remote fails with "JDK provider does not support ALPN protocol". netty's OpenSSL
+# backend (libnetty-tcnative-jni) does ALPN itself; netty finds it by the name
+# libnetty_tcnative.so on java.library.path, and the library's JNI_OnLoad derives its
+# package prefix from its own file name, so it must be a copy under that name, not a link.
+
+TCNATIVE_SYSTEM = Path("/usr/lib/x86_64-linux-gnu/jni/libnetty-tcnative.so")
+TCNATIVE_NAME = "libnetty_tcnative.so"
+
+
+def tcnative_dir(directory: Path, system_library: Path = TCNATIVE_SYSTEM) -> Path | None:
+    """Copy netty's OpenSSL JNI library into directory under the name netty loads; None
+    when the library is not installed (apt-get install libnetty-tcnative-jni)."""
+    if not system_library.is_file():
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(system_library, directory / TCNATIVE_NAME)
+    return directory
+
+
+def tls_startup_flags(library_dir: Path) -> list[str]:
+    """Startup options that make Bazel's netty use OpenSSL (and so speak grpcs://)."""
+    return [f"--host_jvm_args=-Djava.library.path=/usr/share/bazel/:{library_dir}"]
+
+
+def tls_flags(
+    ca: Path, client_cert: Path | None = None, client_key: Path | None = None, headers: dict[str, str] | None = None
+) -> list[str]:
+    """Build flags for a grpcs:// remote: the CA that signed the server certificate, an
+    optional client certificate and key (PKCS#8 PEM) for mTLS, and --remote_header values."""
+    flags = [f"--tls_certificate={ca}"]
+    if client_cert is not None:
+        flags.append(f"--tls_client_certificate={client_cert}")
+    if client_key is not None:
+        flags.append(f"--tls_client_key={client_key}")
+    flags.extend(f"--remote_header={k}={v}" for k, v in (headers or {}).items())
     return flags
