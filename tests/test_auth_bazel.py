@@ -1,9 +1,9 @@
 """Real Bazel with Basic and Bearer credentials (--remote_header): a writer fills the cache,
 a read-only identity gets hits and uploads nothing.
 
-Plaintext gRPC only: Debian's bazel-bootstrap 4.2.3 (the Bazel here) is built against a
-netty without JDK ALPN support and crashes on any grpcs:// remote ("JDK provider does not
-support ALPN protocol"), so TLS is covered by the gRPC-client tests in test_auth_tls.py.
+Plaintext gRPC here, against an in-process server; test_bazel_tls.py runs the same
+credentials over TLS and mTLS against a real `granary serve` (Debian's Bazel needs netty's
+OpenSSL backend for grpcs://, see bazelutil.tls_startup_flags).
 """
 
 from __future__ import annotations
