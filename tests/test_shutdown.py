@@ -128,6 +128,10 @@ def test_drain_timeout_leaves_the_job_queued_for_the_next_start(tmp_path, proces
         name = stream.name
         server.proc.send_signal(signal.SIGTERM)
         assert exit_code(server, timeout=60) == 0
+        stream.thread.join(30)
+        # the client learns why and what to follow, not gRPC's generic "Cancelling all calls"
+        assert stream.error is not None and stream.error.code() == grpc.StatusCode.UNAVAILABLE
+        assert name in stream.error.details() and "WaitExecution" in stream.error.details(), stream.error.details()
         client.close()
     finally:
         server.stop()

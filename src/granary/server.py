@@ -93,6 +93,8 @@ class DrainGate(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
         self.draining = False
         self.streams = 0
+        self._open: dict[asyncio.Task, str] = {}  # operation streams -> the operation they follow
+        self._ended: set[asyncio.Task] = set()  # those ended by end_open_streams
         self._refused = grpc.unary_stream_rpc_method_handler(_refuse)
 
     async def intercept_service(
@@ -113,13 +115,32 @@ class DrainGate(grpc.aio.ServerInterceptor):
     def _counted(self, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         async def counted(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             self.streams += 1
+            task = asyncio.current_task()
+            assert task is not None
+            self._open[task] = getattr(request, "name", "")  # WaitExecution names its operation
             try:
                 async for item in behavior(request, context):
+                    self._open[task] = item.name or self._open[task]
                     yield item
+            except asyncio.CancelledError:
+                if task not in self._ended:
+                    raise
+                await context.abort(grpc.StatusCode.UNAVAILABLE, (
+                    f"server stopped before operation {self._open[task] or '(not yet named)'} finished"
+                    " (drain_timeout reached); the job stays in the queue: WaitExecution on it, through"
+                    " this server once it is back or another one sharing its queue"))
             finally:
                 self.streams -= 1
+                self._open.pop(task, None)
+                self._ended.discard(task)
 
         return counted
+
+    def end_open_streams(self) -> None:
+        """The drain is over with operations unfinished: tell their followers why, by name."""
+        for task in list(self._open):
+            self._ended.add(task)
+            task.cancel()
 
 
 def grpc_options(cfg: Config, reuse_port: bool) -> list[tuple[str, int]]:
@@ -189,6 +210,8 @@ async def drain(
         await asyncio.sleep(DRAIN_CHECK)
     if not settled():
         log.info("drain_timeout (%gs) reached with work in hand; stopping anyway", timeout)
+        gate.end_open_streams()
+        await asyncio.sleep(0)  # let the streams send their UNAVAILABLE before the server stops
 
 
 async def serve(
