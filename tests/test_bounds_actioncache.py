@@ -84,7 +84,7 @@ def test_a_result_larger_than_the_cap_is_refused(client):
     with pytest.raises(grpc.RpcError) as e:
         update(client, result)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert str(size) in e.value.details() and "max_result_bytes" in e.value.details()
+    assert str(size) in e.value.details() and "server.ac_max_result_size" in e.value.details()
 
 
 # ---- write_once and executed results -----------------------------------------------------------
