@@ -71,7 +71,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from granary.config_values import parse_size
+    from granary.sizes import parse_size
     from granary.worker.connect import Credentials, auth_header
     from granary.worker.inputs import InputLimits
     from granary.worker.main import WorkerConfig, default_concurrency, run
