@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from granary.config import Config, load, parse_size
 from granary.errors import ConfigError
+
+if TYPE_CHECKING:
+    from granary.config import Config
 
 
 def add_parser(sub) -> None:
@@ -24,6 +26,10 @@ def add_parser(sub) -> None:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from granary.config import load, parse_size
+
     cfg = load(args.config, args.data_dir)
     target = parse_size(args.target, "--target") if args.target is not None else None
     return asyncio.run(_cleanup(cfg, target, args.store, args.reindex))

@@ -6,16 +6,19 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from granary import __version__, cleanup_cli, config_cli
 from granary.auth import cli as auth_cli
-from granary.auth.settings import AuthSettings, check_exposure
-from granary.config import Config, load
-from granary.config_values import parse_listen
 from granary.errors import ConfigError
 from granary.worker import cli as worker_cli
 from granary.writable_dir import ensure_writable_dir
+
+if TYPE_CHECKING:
+    from granary.config import Config
+
+# Each process imports only what its command uses (tests/test_imports.py): the supervisor
+# no gRPC or storage, a worker no configuration models or server modules.
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -59,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args) -> Config:
+    from granary.auth.settings import AuthSettings, check_exposure
+    from granary.config import load
+    from granary.config_values import parse_listen
+
     cfg = load(args.config, args.data_dir)
     if args.listen:
         cfg.host, cfg.port = parse_listen(args.listen, "--listen")

@@ -48,8 +48,9 @@ from granary.config_models import (
     Store,
     StoreName,
 )
-from granary.config_values import PROBLEM, listen_address, parse_duration, parse_size
+from granary.config_values import PROBLEM, listen_address, parse_duration
 from granary.errors import ConfigError
+from granary.sizes import parse_size
 
 __all__ = [
     "AC_TYPES", "CAS_TYPES", "DEFAULT_YAML", "Config", "ExecutionConfig", "InstanceSpec", "StoreRef", "StoreSpec",

@@ -7,14 +7,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from granary.config import Config, StoreRef, StoreSpec, as_dict, child_stores, load
-from granary.config_models import GranaryConfig
 from granary.errors import ConfigError
-from granary.extras import require_database, require_store
+
+if TYPE_CHECKING:
+    from granary.config import Config, StoreRef, StoreSpec
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -46,6 +44,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def check(path: Path) -> int:
+    from granary.config import load
+
     try:
         cfg = load(path, None)
         require_libraries(cfg)
@@ -59,6 +59,9 @@ def check(path: Path) -> int:
 
 def require_libraries(cfg: Config) -> None:
     """What `serve` would refuse for a missing extra (redis, s3, postgres), `check` refuses too."""
+    from granary.config import StoreSpec, child_stores
+    from granary.extras import require_database, require_store
+
     def walk(spec: StoreSpec | StoreRef) -> None:
         if isinstance(spec, StoreSpec):
             require_store(spec.type, spec.options, spec.where)
@@ -74,6 +77,10 @@ def require_libraries(cfg: Config) -> None:
 
 
 def show(path: Path | None, data_dir: Path | None) -> str:
+    import yaml
+
+    from granary.config import as_dict, load
+
     cfg = load(path, data_dir)
     assert cfg.file is not None
     data = as_dict(cfg.file)
@@ -84,5 +91,7 @@ def show(path: Path | None, data_dir: Path | None) -> str:
 
 def schema() -> dict[str, Any]:
     """granary.yaml as JSON Schema: sizes and durations accept strings (10GiB, 30s) or numbers."""
+    from granary.config_models import GranaryConfig
+
     out = GranaryConfig.model_json_schema(mode="validation")
     return {"$schema": SCHEMA_DIALECT, **out}

@@ -16,6 +16,7 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from granary.errors import ConfigError
+from granary.sizes import bytes_in, not_a_size
 
 PROBLEM = "granary_config"
 
@@ -32,24 +33,16 @@ def problem(detail: str, key: str | None = None, path: str | None = None) -> Pyd
 
 # ---- sizes ----------------------------------------------------------------------------------
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 10**6, "mb": 10**6,
-          "mi": 1 << 20, "mib": 1 << 20, "g": 10**9, "gb": 10**9, "gi": 1 << 30, "gib": 1 << 30,
-          "t": 10**12, "tb": 10**12, "ti": 1 << 40, "tib": 1 << 40}
 _SIZE_NAMES = [("TiB", 1 << 40), ("TB", 10**12), ("GiB", 1 << 30), ("GB", 10**9), ("MiB", 1 << 20),
                ("MB", 10**6), ("KiB", 1 << 10), ("KB", 1000)]
 
 
 def size_value(value: Any) -> int:
     """10GiB, 500MB, 1.5GiB or a whole number of bytes."""
-    if isinstance(value, bool):
-        raise problem(f"expected a size like 10GiB or 500MB, got {value!r}")
-    if isinstance(value, int) and value >= 0:
-        return value
-    m = _SIZE.match(str(value)) if isinstance(value, (str, float)) else None
-    if not m or m.group(2) is not None and m.group(2).lower() not in _UNITS:
-        raise problem(f"expected a size like 10GiB or 500MB, got {value!r}")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+    n = bytes_in(value)
+    if n is None:
+        raise problem(not_a_size(value))
+    return n
 
 
 def format_size(n: int) -> int | str:
@@ -57,14 +50,6 @@ def format_size(n: int) -> int | str:
         if n and n % unit == 0:
             return f"{n // unit}{name}"
     return n
-
-
-def parse_size(value: Any, where: str) -> int:
-    """A size from a command-line flag; a bad one is a ConfigError naming `where`."""
-    try:
-        return size_value(value)
-    except PydanticCustomError as e:
-        raise ConfigError(f"{where}: {e.message()}") from None
 
 
 _SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0},

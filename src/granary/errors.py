@@ -6,11 +6,27 @@ status (with google.rpc details where the REAPI spec asks for them).
 
 from __future__ import annotations
 
-import grpc
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import grpc
+
+
+class _Status:
+    """A class's gRPC status code, looked up on first use: processes that only read
+    configuration (the supervisor of several server processes) never load gRPC."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> grpc.StatusCode:
+        import grpc
+
+        return grpc.StatusCode[self.name]
 
 
 class GranaryError(Exception):
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    code: _Status = _Status("INTERNAL")
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -18,55 +34,55 @@ class GranaryError(Exception):
 
 
 class InvalidArgument(GranaryError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = _Status("INVALID_ARGUMENT")
 
 
 class NotFound(GranaryError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = _Status("NOT_FOUND")
 
 
 class OutOfRange(GranaryError):
-    code = grpc.StatusCode.OUT_OF_RANGE
+    code = _Status("OUT_OF_RANGE")
 
 
 class PermissionDenied(GranaryError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = _Status("PERMISSION_DENIED")
 
 
 class Unauthenticated(GranaryError):
     """No credentials where they are needed, or credentials that do not check out."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = _Status("UNAUTHENTICATED")
 
 
 class ResourceExhausted(GranaryError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = _Status("RESOURCE_EXHAUSTED")
 
 
 class Unavailable(GranaryError):
-    code = grpc.StatusCode.UNAVAILABLE
+    code = _Status("UNAVAILABLE")
 
 
 class Unimplemented(GranaryError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+    code = _Status("UNIMPLEMENTED")
 
 
 class Aborted(GranaryError):
-    code = grpc.StatusCode.ABORTED
+    code = _Status("ABORTED")
 
 
 class Cancelled(GranaryError):
-    code = grpc.StatusCode.CANCELLED
+    code = _Status("CANCELLED")
 
 
 class DeadlineExceeded(GranaryError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = _Status("DEADLINE_EXCEEDED")
 
 
 class FailedPrecondition(GranaryError):
     """Optionally carries google.rpc.PreconditionFailure violations (type, subject, description)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = _Status("FAILED_PRECONDITION")
 
     def __init__(self, message: str, violations: list[tuple[str, str, str]] | None = None):
         super().__init__(message)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Table, create_engine, event
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 
 from granary.sqlite_wal import enable_wal
@@ -48,7 +48,10 @@ def make_engine(url: str) -> Engine:
 
 def upsert(engine: Engine, table: Table, index: list[str], update: list[str] | None) -> Any:
     """INSERT ... ON CONFLICT (index) DO UPDATE SET update (or DO NOTHING when update is None)."""
-    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert  # loaded only where PostgreSQL is configured
+    else:
+        insert = sqlite.insert
     stmt = insert(table)
     if update is None:
         return stmt.on_conflict_do_nothing(index_elements=index)

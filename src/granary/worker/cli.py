@@ -6,9 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from granary.config import parse_size
 from granary.errors import ConfigError
-from granary.worker.inputs import DEFAULT_MAX_DEPTH, DEFAULT_MAX_PATHS, InputLimits
+from granary.worker.input_limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_PATHS
 from granary.worker.sandbox import ActionUser, default_user
 from granary.writable_dir import ensure_writable_dir
 
@@ -72,7 +71,9 @@ def add_parser(sub) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from granary.sizes import parse_size
     from granary.worker.connect import Credentials, auth_header
+    from granary.worker.inputs import InputLimits
     from granary.worker.main import WorkerConfig, default_concurrency, run
     from granary.worker.platform import parse_property
 

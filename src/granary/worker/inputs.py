@@ -32,13 +32,12 @@ from granary import digest as dg
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from granary.digest import BlobDigest
 from granary.errors import InvalidArgument
+from granary.worker.input_limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_PATHS
 from granary.worker.local_cas import EXECUTABLE, READ_ONLY, LocalCas
 from granary.worker.paths import check_name, inside, symlink_stays_inside
 from granary.worker.remote_cas import MissingBlobs, RemoteCas, from_proto
 
 FETCH_THREADS = 4
-DEFAULT_MAX_PATHS = 1_000_000
-DEFAULT_MAX_DEPTH = 256
 
 
 @dataclass(frozen=True)
