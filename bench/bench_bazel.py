@@ -530,6 +530,8 @@ def main() -> None:
         if done:
             return
         done = True
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a second signal must not cut cleanup short
+            signal.signal(sig, signal.SIG_IGN)
         for fn in reversed(cleanups):  # Bazel servers first, then the REAPI servers
             try:
                 fn()
