@@ -449,7 +449,8 @@ def print_report(args: argparse.Namespace, layout: Layout, actions: set[int], sa
     print()
     print(f"Bazel 4.2.3 (Debian), {layout.describe()}: {n_actions} actions; persistent Bazel servers, "
           f"--jobs={JOBS}; {os.cpu_count()} cores")
-    print(f"rounds: cold {args.cold_rounds}, warm {args.rounds}, remote execution {args.rexec_rounds}; "
+    rexec_rounds = 0 if "rexec" in args.skip else args.rexec_rounds
+    print(f"rounds: cold {args.cold_rounds}, warm {args.rounds}, remote execution {rexec_rounds}; "
           "times are wall seconds of `bazel build`, min / median")
     print()
     cols = [("granary", "Granary"), ("buildgrid", "BuildGrid 0.9.1"), ("disk", "--disk_cache"), ("none", "no cache")]
