@@ -8,6 +8,12 @@ deep: wide enough for --jobs=8, with real dependencies. Outputs vary in size
 (a few KiB to about 1 MiB) so the cache moves more than tiny blobs. A handful
 of cc_binary targets link subsets of the libraries.
 
+Every output depends on a salt (salt_flags): the C++ sources compile the
+GRANARY_BENCH_SALT macro into their objects and the genrules write the
+GRANARY_BENCH_SALT environment variable into their outputs, so a build with a
+new salt has new action keys AND new output blobs, i.e. a cold build that
+really uploads everything even to a cache that saw another salt.
+
 With 60 cc libraries this is 261 actions (60 compiles, 60 archives, 60
 shared libraries, 60 genrules, 10 binaries x 2, one big genrule) plus
 Bazel's internal ones.
@@ -19,6 +25,7 @@ otherwise download them), .bazelignore for the convenience symlinks.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +148,8 @@ def _cc_sources(i: int) -> tuple[str, str]:
     source = (
         f'#include "{pkg}/{pkg}.h"\n{include_parent}\n'
         f"static const unsigned char kData[{n}] = {{\n    {table}\n}};\n\n"
+        "#ifndef GRANARY_BENCH_SALT\n#define GRANARY_BENCH_SALT \"none\"\n#endif\n"
+        f"const char* {pkg}_salt() {{ return GRANARY_BENCH_SALT; }}\n\n"
         f"int {pkg}_value(int x) {{\n"
         f"  unsigned s = (unsigned)x;\n"
         f"  for (unsigned k = 0; k < sizeof(kData); ++k) s = s * 31u + kData[k];\n"
@@ -165,13 +174,13 @@ def _package_build(i: int, layout: Layout) -> str:
         srcs = [f'"{pkg}.h"', f'"{pkg}.cc"'] + ([f'"//{_pkg(parent)}:lib"'] if parent is not None else [])
         out.append(
             f'genrule(\n    name = "lib",\n    srcs = [{", ".join(srcs)}],\n    outs = ["lib{pkg}.a"],\n'
-            f'    cmd = "cat $(SRCS) > $@ && seq 1 {_data_bytes(i) // 4} >> $@",\n)\n'
+            f'    cmd = "(cat $(SRCS); echo $$GRANARY_BENCH_SALT; seq 1 {_data_bytes(i) // 4}) > $@",\n)\n'
         )
     if i < layout.genrules:
         srcs = [f'"{pkg}.h"'] + ([f'"//{_pkg(parent)}:gen"'] if parent is not None else [])
         out.append(
             f'genrule(\n    name = "gen",\n    srcs = [{", ".join(srcs)}],\n    outs = ["{pkg}_gen.txt"],\n'
-            f'    cmd = "(cat $(SRCS) | sha256sum; seq 1 {_gen_lines(i)}; echo {pkg}) > $@",\n)\n'
+            f'    cmd = "(cat $(SRCS) | sha256sum; echo $$GRANARY_BENCH_SALT; seq 1 {_gen_lines(i)}) > $@",\n)\n'
         )
     return "\n".join(out)
 
@@ -187,7 +196,7 @@ def _apps_build(layout: Layout) -> str:
                        f'    deps = ["//{_pkg(leaf)}:lib"],\n)\n')
     out.append(
         'genrule(\n    name = "big",\n    outs = ["big.bin"],\n'
-        '    cmd = "seq -w 1 131072 | head -c 1048576 > $@",\n)\n'
+        '    cmd = "(echo $$GRANARY_BENCH_SALT; seq -w 1 131072) | head -c 1048576 > $@",\n)\n'
     )
     return "\n".join(out)
 
@@ -227,3 +236,10 @@ def generate(root: Path, layout: Layout) -> Path:
         for b in range(layout.binaries):
             _write(root / "apps" / f"app{b:02d}.cc", _app_source(b, layout))
     return root
+
+
+def salt_flags(salt: str) -> list[str]:
+    """Bazel flags that give every action of the workspace a new key and new outputs."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", salt):
+        raise ValueError(f"salt must be [A-Za-z0-9_.-]+, got {salt!r}")
+    return [f"--action_env=GRANARY_BENCH_SALT={salt}", f'--copt=-DGRANARY_BENCH_SALT="{salt}"']

@@ -9,10 +9,15 @@ venv from bench/buildgrid_env.sh) and uses a local --disk_cache, then measures
 with persistent Bazel servers (--jobs=8, one --output_user_root per backend so
 each keeps its own JVM and JIT warm):
 
+  warm-up one untimed build per Bazel server against its own backend, with a
+          salt of its own (JIT, OS page cache; --no-warmup skips it).
   cold    clean build that runs every action locally and uploads the results,
           against Granary, BuildGrid, the disk cache, and with no remote cache
-          (the baseline). Each cold round uses a fresh --action_env salt so
-          every action key is new; --cold-rounds of them, backends interleaved.
+          (the baseline). Each cold round uses a fresh salt (a --copt macro
+          compiled into every object, an --action_env variable written into
+          every genrule output) so every action key AND every output blob is
+          new: nothing is already in any cache. --cold-rounds of them,
+          backends interleaved.
   warm    `bazel clean` then the same build, everything from the cache (checked
           from Bazel's `INFO: N processes: ... cache hit` line), --rounds of
           them, backends interleaved.
@@ -58,7 +63,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from bazel_workspace import Layout, generate, layout_for
+from bazel_workspace import Layout, generate, layout_for, salt_flags
 
 BAZEL = shutil.which("bazel")
 JOBS = 8
@@ -390,14 +395,21 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, cleanups: list[Callable[[
         t = c.run("build", "--color=no", "--curses=no", "--nobuild", "--symlink_prefix=/", *c.flags, "//...")[0]
         log(f"[{name}] Bazel server up, workspace analysed ({t:.1f} s)")
 
-    # cold: every action new (fresh salt), run locally, results uploaded
-    salt = ""
+    # one untimed build per Bazel server against its own backend (a salt of its
+    # own): JIT and the OS page cache (compiler, headers) warm for everyone alike
+    if not args.no_warmup:
+        for name, c in clients.items():
+            res = c.build(*salt_flags(f"warmup-{name}-{os.getpid()}"))
+            log(f"[{name}] warm-up build {res.seconds:.1f} s ({res.line()})")
+
+    # cold: every action and every output new (fresh salt), run locally, results uploaded
+    salt: list[str] = []
     for r in range(args.cold_rounds):
-        salt = f"--action_env=GRANARY_BENCH_SALT=cold{r}-{os.getpid()}"
+        salt = salt_flags(f"cold{r}-{os.getpid()}")
         for name in rotate([*caches, "none"], r):
             c = clients[name]
             c.clean()
-            res = c.build(salt)
+            res = c.build(*salt)
             check(res.count(*HIT_KINDS) == 0, f"[{name}] cold build hit the cache: {res.line()}")
             check(res.count(*LOCAL_KINDS) == res.actions > 0, f"[{name}] cold build not all local: {res.line()}")
             actions.add(res.actions)
@@ -409,7 +421,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, cleanups: list[Callable[[
         for name in rotate(caches, r):
             c = clients[name]
             c.clean()
-            res = c.build(salt)
+            res = c.build(*salt)
             hits = res.count(*HIT_KINDS)
             check(hits == res.actions > 0, f"[{name}] warm build was not all cache hits: {res.line()}")
             samples.add(f"warm/{name}", res.seconds)
@@ -421,7 +433,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, cleanups: list[Callable[[
             for name in rotate(["rexec", "none"], r):
                 c = clients[name]
                 c.clean()
-                res = c.build(salt)
+                res = c.build(*salt)
                 if name == "rexec":
                     check(res.count("remote") == res.actions > 0, f"[rexec] not all executed remotely: {res.line()}")
                     samples.add("rexec/granary", res.seconds)
@@ -505,6 +517,8 @@ def main() -> None:
     ap.add_argument("--cold-rounds", type=int, default=2, help="cold builds per backend (default 2)")
     ap.add_argument("--rexec-rounds", type=int, default=3,
                     help="remote-execution and local builds each (default 3)")
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="skip the untimed warm-up build each Bazel server does first")
     ap.add_argument("--skip", default="", help="comma-separated: buildgrid, rexec")
     ap.add_argument("--tmp", type=Path, default=None, help="parent of the temp dir (default: $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (workspace, server data, Bazel logs)")
