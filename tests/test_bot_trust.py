@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import grpc
 import pytest
+from execsetup import config
 from google.rpc import code_pb2
 from reapi import digest
 from rwapi import LINUX, ExecClient, FakeBot, Stream
 from serverutil import start_granary
-from services import PostgresServer
 from sqlalchemy import create_engine, select
 
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -33,41 +32,6 @@ from granary.execution.schema import jobs
 EXECUTING = 3
 DEFAULT_MAX_BOT_CONCURRENCY = 64
 DEFAULT_LEASE_ACK_TIMEOUT = 30.0
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    try:
-        pg = PostgresServer()
-    except RuntimeError as e:
-        pytest.skip(str(e))
-    yield pg
-    pg.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request) -> str | None:
-    if request.param == "sqlite":
-        return None
-    pg = request.getfixturevalue("postgres")
-    return pg.create_database(f"t{uuid.uuid4().hex[:12]}")
-
-
-def config(database: str | None = None, **execution) -> str:
-    ex = {
-        "local_workers": 0, "platform_grace": 0, "bot_long_poll": 1, "poll_interval": 0.2,
-        "known_platforms": "[{OSFamily: linux, ISA: x86-64}]",
-    }
-    ex.update(execution)
-    if database:
-        ex["database"] = database
-    body = ", ".join(f"{k}: {v}" for k, v in ex.items())
-    return f"""
-storage: {{main: {{type: disk, path: cas}}}}
-action_caches: {{main: {{type: disk, path: ac}}}}
-instances: {{"": {{cas: main, action_cache: main}}}}
-execution: {{{body}}}
-"""
 
 
 @pytest.fixture

@@ -6,55 +6,19 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 
 import grpc
 import pytest
+from execsetup import config
 from google.longrunning import operations_pb2
 from google.rpc import code_pb2, error_details_pb2
 from rwapi import ExecClient, FakeBot, Stream, final, response_of, stage_of
 from serverutil import start_granary
-from services import PostgresServer
 
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from granary.execution import leases
 
 QUEUED, EXECUTING, COMPLETED = 2, 3, 4
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    try:
-        pg = PostgresServer()
-    except RuntimeError as e:
-        pytest.skip(str(e))
-    yield pg
-    pg.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request) -> str | None:
-    if request.param == "sqlite":
-        return None
-    pg = request.getfixturevalue("postgres")
-    return pg.create_database(f"t{uuid.uuid4().hex[:12]}")
-
-
-def config(database: str | None, **execution) -> str:
-    ex = {
-        "local_workers": 0, "platform_grace": 0, "bot_long_poll": 1, "poll_interval": 0.2,
-        "known_platforms": "[{OSFamily: linux, ISA: x86-64}]",
-    }
-    ex.update({k: v for k, v in execution.items()})
-    if database:
-        ex["database"] = database
-    body = ", ".join(f"{k}: {v}" for k, v in ex.items())
-    return f"""
-storage: {{main: {{type: disk, path: cas}}}}
-action_caches: {{main: {{type: disk, path: ac}}}}
-instances: {{"": {{cas: main, action_cache: main}}}}
-execution: {{{body}}}
-"""
 
 
 @pytest.fixture
