@@ -121,7 +121,10 @@ class Worker:
             t.start()
         try:
             for t in threads:
-                t.join()  # signal handlers still run while the main thread waits here
+                # A bounded join: SIGTERM may be delivered to one of gRPC's threads, and Python runs
+                # its handler only when the main thread wakes; an unbounded join could sleep forever.
+                while t.is_alive():
+                    t.join(1.0)
         finally:
             self.channel.close()
             remove_tree(self.work_dir)
