@@ -1,5 +1,8 @@
 """Each process of the default tree imports only what its job needs: what a process never
-uses still costs it memory, in every process of the tree, for as long as it runs.
+uses still costs it memory, for as long as it runs.
+
+The server processes of a supervisor are forks of it: it imports what they run on once
+(granary.preload) and they share those pages, so what they import on their own is a copy each.
 
 The processes are real (`granary serve` with several server processes and its local
 worker; `granary worker` running an action); each records its `sys.modules` as it exits.
@@ -34,13 +37,16 @@ sys.argv = ["granary", *sys.argv[2:]]
 runpy.run_module("granary", run_name="__main__", alter_sys=True)
 """
 
-# The supervisor reserves the port and restarts children: no RPC, no storage, no protobuf.
+# The supervisor's server processes are forks of it: it holds what they run on, shared with
+# them, but no backend it is not configured with, and nothing of a worker's.
 NOT_IN_SUPERVISOR = (
-    "grpc", "google.protobuf", "granary._proto", "sqlalchemy", "uvloop",
-    "granary.server", "granary.bootstrap", "granary.storage_builder", "granary.services",
-    "granary.cas", "granary.actioncache", "granary.execution.farm", "granary.execution.jobqueue",
-    "granary.execution.scheduler", "granary.worker.main", "granary.worker.inputs",
+    "granary.worker.main", "granary.worker.inputs", "granary.worker.execute", "granary.worker.bot",
+    "granary.worker.sandbox",
 )
+PRELOADED_IN_SUPERVISOR = {
+    "grpc", "google.protobuf", "uvloop", "sqlalchemy", "granary.server", "granary.bootstrap",
+    "granary.cas.disk", "granary.execution.farm", "granary.services.execution_service",
+}
 # A worker speaks the Remote Workers API to a server; the server's queue, stores and
 # configuration models are not its business.
 NOT_IN_WORKER = (
@@ -128,7 +134,7 @@ def execution_server(tmp_path: Path) -> Iterator[str]:
         srv.stop()
 
 
-def test_supervisor_imports_no_grpc_protobuf_or_storage(tmp_path: Path) -> None:
+def test_supervisor_imports_what_its_servers_run_and_no_more(tmp_path: Path) -> None:
     proc, out = recording(tmp_path, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
                           "--processes", "2", stdout=subprocess.PIPE)
     try:
@@ -139,7 +145,39 @@ def test_supervisor_imports_no_grpc_protobuf_or_storage(tmp_path: Path) -> None:
     assert code == 0, (tmp_path / "stderr.log").read_text()
     modules = recorded(out)
     assert "granary.supervisor" in modules  # it did run the supervisor
-    assert offending(modules, NOT_IN_SUPERVISOR) == []
+    assert PRELOADED_IN_SUPERVISOR <= modules, sorted(PRELOADED_IN_SUPERVISOR - modules)
+    assert offending(modules, NOT_IN_SUPERVISOR + NOT_IN_DEFAULT_SERVER) == []
+
+
+# Loads the default configuration, preloads as the supervisor does, then runs a server in this
+# process until it is ready and prints the modules it imported beyond the preload.
+SERVER_AFTER_PRELOAD = """
+import os, signal, sys
+from pathlib import Path
+from granary.config import load
+from granary.preload import preload_server
+
+cfg = load(None, Path(sys.argv[1]))
+preload_server(cfg)
+import gc, granary.supervisor  # what the supervisor itself holds
+before = set(sys.modules)
+
+def ready(_port):
+    print("\\n".join(sorted(set(sys.modules) - before)), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+from granary import server
+server.run_single(cfg, 0, False, ready)
+"""
+
+
+def test_preload_gives_a_server_process_everything_it_imports(tmp_path: Path) -> None:
+    """A module the preload misses is imported again, privately, by every server process."""
+    out = subprocess.run([sys.executable, "-c", SERVER_AFTER_PRELOAD, str(tmp_path / "data")],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    own = [m for m in out.stdout.split() if not m.startswith("encodings.")]
+    assert own == [], own
 
 
 def test_default_server_imports_only_the_configured_backends(tmp_path: Path) -> None:

@@ -46,7 +46,6 @@ def _serve_parser(sub) -> None:
     p.add_argument("--allow-unauthenticated-network-access", action="store_true",
                    help="listen beyond loopback although no authentication (auth:) is configured:"
                    " anyone who reaches the port can read, write and execute")
-    p.add_argument("--child-port", type=int, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,18 +78,11 @@ def _load(args) -> Config:
     return cfg
 
 
-def cmd_serve(args, argv: list[str]) -> int:
-    # gRPC and the stores are imported only by processes that serve: the supervisor of
-    # several server processes stays small.
+def cmd_serve(args) -> int:
     from granary import supervisor
 
     cfg = _load(args)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    if args.child_port is not None:
-        from granary import server
-
-        server.run_child(cfg, args.child_port)
-        return 0
     if cfg.processes and cfg.processes > 1 and cfg.uses_process_local_state():
         raise ConfigError(
             f"processes: {cfg.processes} server processes cannot share memory stores;"
@@ -122,7 +114,18 @@ def cmd_serve(args, argv: list[str]) -> int:
 
             server.run_single(cfg, cfg.port, False, announce, workers)
             return 0
-        return supervisor.run_supervisor(cfg, processes, argv, announce, workers)
+        # The server processes are forks of this one: what they run on is imported once,
+        # here, and shared by them all (granary.preload).
+        from granary.preload import preload_server
+
+        preload_server(cfg)
+
+        def serve(port: int) -> None:
+            from granary import server
+
+            server.run_child(cfg, port)
+
+        return supervisor.run_supervisor(cfg, processes, serve, announce, workers)
     finally:
         workers.stop()
         if credential is not None:
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
         )
         if args.command == "serve":
-            return cmd_serve(args, argv)
+            return cmd_serve(args)
         if args.command == "cleanup":
             return cleanup_cli.cmd_cleanup(args)
         if args.command == "worker":

@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from granary.errors import ConfigError
 from granary.worker.input_limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_PATHS
-from granary.worker.sandbox import ActionUser, default_user
 from granary.writable_dir import ensure_writable_dir
+
+if TYPE_CHECKING:  # the worker's modules load when it runs: every granary command builds this parser
+    from granary.worker.sandbox import ActionUser
 
 
 def parse_action_user(text: str | None, euid: int) -> ActionUser | None:
     """--action-uid UID[:GID] (GID defaults to UID); only a root worker can run actions as another uid."""
+    from granary.worker.sandbox import ActionUser, default_user
+
     if text is None:
         return default_user()
     uid_s, _, gid_s = text.partition(":")
