@@ -15,7 +15,10 @@ for small blobs), so bytes lost to a power cut read as missing, not wrong.
 
 Each process keeps a cache of known locations; evictions and compactions
 bump a generation number in the index, which invalidates every process's
-cache on its next call.
+cache on its next call. Once such a change is committed, and before any file
+goes, they also write a fresh random value into `removals.token`, which every
+process maps: a value that has not changed since a check means no blob has
+gone since (the Action Cache uses it to skip re-checking a result's blobs).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from granary import digest as dg
 from granary.cas.blobstore import READ_CHUNK, BlobInfo, BlobStore, BlobWriter, Presence
 from granary.digest import BlobDigest
 from granary.errors import BlobNotFound, ResourceExhausted
+from granary.shared_token import bump, open_token, read
 from granary.sqlite_wal import enable_wal
 
 _SCHEMA = """
@@ -129,12 +133,14 @@ class DiskBlobStore(BlobStore):
         self._pack_id = -1
         self._pack_fd = -1
         self._pack_size = 0
+        self._token = open_token(self.root / "removals.token")
         self._recover()
 
     # ---- start-up -----------------------------------------------------------
 
     def _recover(self) -> None:
         """Seal packs and drop temp files left by processes that died."""
+        self._bump_removals()  # a process that died between a removal and its bump
         for pack_id, owner in self._db.execute("SELECT id, owner FROM packs WHERE sealed = 0").fetchall():
             if owner == self._pid or not _pid_alive(owner):
                 self._db.execute("UPDATE packs SET sealed = 1 WHERE id = ?", (pack_id,))
@@ -159,6 +165,30 @@ class DiskBlobStore(BlobStore):
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _removal(self) -> Iterator[None]:
+        """A write transaction that deletes or moves blobs.
+
+        It bumps the generation (every process drops its cached locations) and,
+        once it has ended, the shared removal token; callers unlink files only after.
+        """
+        try:
+            with self._transaction():
+                yield
+                self._db.execute("UPDATE meta SET v = v + 1 WHERE k = 'generation'")
+        finally:
+            self._bump_removals()
+
+    def _bump_removals(self) -> None:
+        bump(self._token)
+
+    def removal_token(self) -> bytes | None:
+        return read(self._token)
+
+    def record_access(self, keys: Iterable[str]) -> None:
+        self._presence.hits.update(keys)
+        self._maybe_flush_atimes()
 
     def _refresh(self) -> None:
         """Drop cached knowledge other processes may have made stale."""
@@ -500,6 +530,9 @@ class DiskBlobStore(BlobStore):
             os.close(fd)
         self._read_fds.clear()
         self._db.close()
+        if self._token is not None:
+            self._token.close()
+            self._token = None
 
     # ---- eviction and compaction -------------------------------------------
 
@@ -513,7 +546,7 @@ class DiskBlobStore(BlobStore):
         db = self._db
         freed = 0
         files: list[str] = []
-        with self._transaction():
+        with self._removal():
             total = db.execute("SELECT v FROM meta WHERE k = 'bytes'").fetchone()[0]
             need = total - target_bytes
             while freed < need:
@@ -530,7 +563,6 @@ class DiskBlobStore(BlobStore):
                         break
                     freed += self._delete_row(_unsql(raw), size, pack, files)
             db.execute("UPDATE meta SET v = v - ? WHERE k = 'bytes'", (freed,))
-            db.execute("UPDATE meta SET v = v + 1 WHERE k = 'generation'")
         self._unlink_files(files)
         self._delete_dead_packs()
         self._compact()
@@ -549,11 +581,10 @@ class DiskBlobStore(BlobStore):
         db = self._db
         files: list[str] = []
         freed = 0
-        with self._transaction():
+        with self._removal():
             for key, size, pack, _ in list(self._query(keys)):
                 freed += self._delete_row(key, size, pack, files)
             db.execute("UPDATE meta SET v = v - ? WHERE k = 'bytes'", (freed,))
-            db.execute("UPDATE meta SET v = v + 1 WHERE k = 'generation'")
         self._unlink_files(files)
         self._delete_dead_packs()
 
@@ -598,7 +629,7 @@ class DiskBlobStore(BlobStore):
             base = self._pack_size
             os.pwrite(self._pack_fd, b"".join(data for _, data in moved), base)
             self._pack_size += total
-            with self._transaction():
+            with self._removal():
                 offset = base
                 for d, _ in moved:
                     db.execute(
@@ -609,7 +640,6 @@ class DiskBlobStore(BlobStore):
                 db.execute("UPDATE packs SET size = ?, live = live + ? WHERE id = ?",
                            (self._pack_size, total, self._pack_id))
                 db.execute("UPDATE packs SET live = 0 WHERE id = ?", (pack_id,))
-                db.execute("UPDATE meta SET v = v + 1 WHERE k = 'generation'")
             self._locations.clear()
         if sparse:
             self._delete_dead_packs()
