@@ -1,19 +1,28 @@
 """Remote-cache benchmark: Granary and BuildGrid side by side, same client, same machine.
 
-Starts each server with disk storage on a free loopback port, drives it with
-the same load (client processes on their own gRPC channels, requests
-serialised before the clock starts), and prints one table:
+Starts every server with disk storage on a free loopback port, then runs each
+measurement against each server in turn (interleaved, so the machine's noise
+hits all of them alike; --rounds N repeats that and reports medians). Clients
+are separate processes on their own gRPC channels, with requests serialised
+before the clock starts. One table:
 
   FindMissingBlobs digests/s   (1000-digest requests, half present)
   BatchUpdateBlobs 4 KiB blobs/s, BatchReadBlobs 4 KiB blobs/s
-  GetActionResult requests/s and p50 latency (one sequential client)
-  ByteStream Write / Read MB/s of a 128 MiB blob (one stream)
-  peak server memory (sum of the server's processes)
-and, as the physical limit, this machine's single-core sha256 speed.
+  GetActionResult requests/s: one sequential client (and its p50 latency),
+      --clients clients, and 8 clients (--gar-clients)
+  ByteStream Write MB/s of a 128 MiB blob (one stream), also as a share of
+      this machine's single-core sha256 speed, the physical limit
+  ByteStream Read MB/s of a 128 MiB blob just written (read after write), and
+      with --cold-read of one whose files were dropped from the page cache
+  server memory (sum over the server's processes)
+
+The rows issue 9 sets targets for carry them in the last column.
 
     python3 bench/bench_cache.py                 # both servers
     python3 bench/bench_cache.py --only granary  # skip BuildGrid
-    python3 bench/bench_cache.py --clients 2 --seconds 4
+    python3 bench/bench_cache.py --clients 2 --seconds 4 --rounds 3
+    python3 bench/bench_cache.py --granary before=/tmp/old/src --granary after=src
+                                                 # two Granary trees, same run
 
 BuildGrid (PyPI, Python 3.13) is installed into a venv by bench/buildgrid_env.sh
 on first use.
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import multiprocessing as mp
 import os
 import re
@@ -53,11 +63,17 @@ def free_port() -> int:
 # ---- servers -------------------------------------------------------------------
 
 
-def start_granary(data: Path, processes: int | None) -> tuple[subprocess.Popen, str]:
+def start_granary(data: Path, processes: int | None, src: str = "") -> tuple[subprocess.Popen, str]:
+    """`src`: a source tree to run (its `src` directory) instead of the installed package."""
     cmd = [sys.executable, "-m", "granary", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data)]
     if processes:
         cmd += ["--processes", str(processes)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = str(Path(src).resolve())
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, env=env
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     m = re.search(r"grpc://([0-9.]+:\d+)", line)
@@ -246,6 +262,8 @@ def client_job(job: str, address: str, params: dict, start_at: float, seconds: f
         write = ch.stream_unary("/google.bytestream.ByteStream/Write")
         if job == "bsr":
             write(iter(chunks))
+            if params.get("evict"):
+                drop_page_cache(Path(params["evict"]))
         del big
         _wait(start_at)
         t0 = time.perf_counter()
@@ -265,6 +283,23 @@ def client_job(job: str, address: str, params: dict, start_at: float, seconds: f
     return result
 
 
+def drop_page_cache(root: Path) -> None:
+    """Write back and drop the cached pages of every file under `root` (what a cold read sees)."""
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            try:
+                fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+
 def _wait(start_at: float) -> None:
     delay = start_at - time.time()
     if delay > 0:
@@ -282,25 +317,55 @@ def throughput(results: list[dict]) -> float:
     return sum(r["count"] for r in results) / max(r["time"] for r in results)
 
 
-def measure(address: str, pid: int, args, pool) -> dict[str, float]:
-    out: dict[str, float] = {key: float("nan") for key, _, _ in ROWS}
+class Server:
+    def __init__(self, name: str, proc: subprocess.Popen, address: str, data: Path):
+        self.name = name
+        self.proc = proc
+        self.address = address
+        self.data = data
+        self.samples: dict[str, list[float]] = {}
+
+    def add(self, key: str, value: float) -> None:
+        self.samples.setdefault(key, []).append(value)
+
+    def value(self, key: str) -> float:
+        got = self.samples.get(key)
+        return statistics.median(got) if got else float("nan")
+
+
+def measure_round(servers: list[Server], args, pool, sha: float) -> None:
+    """Each measurement against every server in turn."""
     want = set(args.measure.split(","))
-    if "fmb" in want:
-        out["fmb"] = throughput(run_job(pool, "fmb", address, args.clients, args.seconds))
     params = {"blobs": args.batch_blobs, "per_request": 256}
+    steps: list[tuple[str, object]] = []
+    if "fmb" in want:
+        steps.append(("fmb", lambda s: {"fmb": throughput(run_job(pool, "fmb", s.address, args.clients, args.seconds))}))
     if "batch" in want:
-        out["bub"] = throughput(run_job(pool, "bub", address, args.clients, args.seconds, params))
-        out["bread"] = throughput(run_job(pool, "bread", address, args.clients, args.seconds, params))
+        steps.append(("bub", lambda s: {"bub": throughput(run_job(pool, "bub", s.address, args.clients, args.seconds, params))}))
+        steps.append(("bread", lambda s: {"bread": throughput(run_job(pool, "bread", s.address, args.clients, args.seconds, params))}))
     if "ac" in want:
-        gar = run_job(pool, "gar", address, 1, args.seconds)[0]
-        out["gar"] = gar["count"] / gar["time"]
-        out["gar_p50_ms"] = gar["p50"] * 1000
-        out["gar_conc"] = throughput(run_job(pool, "gar", address, args.clients, args.seconds))
+        def gar_one(s):
+            r = run_job(pool, "gar", s.address, 1, args.seconds)[0]
+            return {"gar": r["count"] / r["time"], "gar_p50_ms": r["p50"] * 1000}
+
+        steps.append(("gar", gar_one))
+        steps.append(("gar_conc", lambda s: {"gar_conc": throughput(run_job(pool, "gar", s.address, args.clients, args.seconds))}))
+        if args.gar_clients:
+            steps.append(("gar_many", lambda s: {"gar_many": throughput(run_job(pool, "gar", s.address, args.gar_clients, args.seconds))}))
     if "bytestream" in want:
-        out["bsw"] = throughput(run_job(pool, "bsw", address, 1, args.seconds, {"mib": args.mib})) / 1e6
-        out["bsr"] = throughput(run_job(pool, "bsr", address, 1, args.seconds, {"mib": args.mib})) / 1e6
-    out["rss"], out["peak"] = memory_mib(pid)
-    return out
+        def bsw(s):
+            mb = throughput(run_job(pool, "bsw", s.address, 1, args.seconds, {"mib": args.mib})) / 1e6
+            return {"bsw": mb, "bsw_pct": mb / sha * 100}
+
+        steps.append(("bsw", bsw))
+        steps.append(("bsr", lambda s: {"bsr": throughput(run_job(pool, "bsr", s.address, 1, args.seconds, {"mib": args.mib})) / 1e6}))
+        if args.cold_read:
+            steps.append(("bsr_cold", lambda s: {"bsr_cold": throughput(run_job(
+                pool, "bsr", s.address, 1, args.seconds, {"mib": args.mib, "evict": str(s.data)})) / 1e6}))
+    for _, step in steps:
+        for s in servers:
+            for key, value in step(s).items():
+                s.add(key, value)
 
 
 def sha256_mb_s() -> float:
@@ -315,17 +380,21 @@ def sha256_mb_s() -> float:
     return best
 
 
-ROWS = [
-    ("fmb", "FindMissingBlobs digests/s (1000/request, half present)", "{:,.0f}"),
-    ("bub", "BatchUpdateBlobs 4 KiB blobs/s", "{:,.0f}"),
-    ("bread", "BatchReadBlobs 4 KiB blobs/s", "{:,.0f}"),
-    ("gar", "GetActionResult requests/s (1 sequential client)", "{:,.0f}"),
-    ("gar_p50_ms", "GetActionResult p50 latency ms", "{:.3f}"),
-    ("gar_conc", "GetActionResult requests/s (all clients)", "{:,.0f}"),
-    ("bsw", "ByteStream Write MB/s (one 128 MiB blob)", "{:,.0f}"),
-    ("bsr", "ByteStream Read MB/s (one 128 MiB blob)", "{:,.0f}"),
-    ("rss", "server RSS after the run, MiB", "{:,.0f}"),
-    ("peak", "server peak RSS, MiB (sum over processes)", "{:,.0f}"),
+# key, label, format, issue 9 target: ("ratio", x) granary/buildgrid >= x; ("abs", x) value >= x
+ROWS: list[tuple[str, str, str, tuple[str, float] | None]] = [
+    ("fmb", "FindMissingBlobs digests/s (1000/request, half present)", "{:,.0f}", None),
+    ("bub", "BatchUpdateBlobs 4 KiB blobs/s", "{:,.0f}", ("ratio", 4.0)),
+    ("bread", "BatchReadBlobs 4 KiB blobs/s", "{:,.0f}", None),
+    ("gar", "GetActionResult requests/s (1 sequential client)", "{:,.0f}", None),
+    ("gar_p50_ms", "GetActionResult p50 latency ms", "{:.3f}", None),
+    ("gar_conc", "GetActionResult requests/s ({clients} clients)", "{:,.0f}", None),
+    ("gar_many", "GetActionResult requests/s ({gar_clients} clients)", "{:,.0f}", ("ratio", 4.0)),
+    ("bsw", "ByteStream Write MB/s (one {mib} MiB blob)", "{:,.0f}", None),
+    ("bsw_pct", "  ... as % of single-core sha256 ({sha:,.0f} MB/s here)", "{:.0f}%", ("abs", 60.0)),
+    ("bsr", "ByteStream Read MB/s ({mib} MiB, read after write)", "{:,.0f}", ("ratio", 1.5)),
+    ("bsr_cold", "ByteStream Read MB/s ({mib} MiB, page cache dropped)", "{:,.0f}", None),
+    ("rss", "server RSS after the run, MiB", "{:,.0f}", None),
+    ("peak", "server peak RSS, MiB (sum over processes)", "{:,.0f}", None),
 ]
 
 
@@ -333,51 +402,82 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["granary", "buildgrid"])
     ap.add_argument("--clients", type=int, default=2, help="client processes, each with its own channel")
+    ap.add_argument("--gar-clients", type=int, default=8, help="client processes of the concurrent"
+                    " GetActionResult row issue 9 sets a target for (0: skip)")
     ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=1, help="repeat every measurement; medians are shown")
     ap.add_argument("--batch-blobs", type=int, default=12_800, help="4 KiB blobs each client uploads/reads")
     ap.add_argument("--mib", type=int, default=128)
+    ap.add_argument("--cold-read", action="store_true", help="also read a blob whose files were dropped"
+                    " from the page cache (fsync + POSIX_FADV_DONTNEED on the server's data files)")
     ap.add_argument("--measure", default="fmb,batch,ac,bytestream", help="comma-separated subset")
     ap.add_argument("--processes", type=int, default=None, help="Granary server processes (default: one per core)")
+    ap.add_argument("--granary", action="append", default=[], metavar="LABEL=SRC",
+                    help="run the Granary of source tree SRC (its src/ directory) as column LABEL;"
+                    " repeat to compare trees in one run (default: the installed/PYTHONPATH one)")
     args = ap.parse_args()
 
     sha = sha256_mb_s()
     print(f"machine: {os.cpu_count()} cores; single-core sha256: {sha:,.0f} MB/s (the ByteStream limit)")
-    pool = mp.get_context("spawn").Pool(args.clients)
-    results: dict[str, dict[str, float]] = {}
+    granaries = [tuple(g.split("=", 1)) if "=" in g else (g, g) for g in args.granary] or [("granary", "")]
+    wanted: list[tuple[str, str]] = []
+    if args.only != "granary":
+        wanted.append(("buildgrid", ""))
+    if args.only != "buildgrid":
+        wanted += granaries
+    pool = mp.get_context("spawn").Pool(max(args.clients, args.gar_clients, 1))
+    servers: list[Server] = []
     tmp = Path(tempfile.mkdtemp(prefix="granary-bench-"))
     try:
-        for name in ("buildgrid", "granary"):
-            if args.only and args.only != name:
-                continue
-            data = tmp / name
-            proc, address = start_buildgrid(data) if name == "buildgrid" else start_granary(data, args.processes)
-            try:
-                print(f"{name}: {address} (pid {proc.pid}) ...", flush=True)
-                results[name] = measure(address, proc.pid, args, pool)
-            finally:
-                stop(proc)
+        for name, src in wanted:
+            data = tmp / f"{len(servers)}-{name}"
+            if name == "buildgrid" and not src:
+                proc, address = start_buildgrid(data)
+            else:
+                proc, address = start_granary(data, args.processes, src)
+            servers.append(Server(name, proc, address, data))
+            print(f"{name}: {address} (pid {proc.pid}){' from ' + src if src else ''}", flush=True)
+        for r in range(args.rounds):
+            if args.rounds > 1:
+                print(f"round {r + 1}/{args.rounds} ...", flush=True)
+            measure_round(servers, args, pool, sha)
+        for s in servers:
+            s.samples["rss"], s.samples["peak"] = [[v] for v in memory_mib(s.proc.pid)]
     finally:
+        for s in servers:
+            stop(s.proc)
         pool.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
+    print_table(servers, args, sha)
 
-    names = list(results)
+
+def print_table(servers: list[Server], args, sha: float) -> None:
+    base = next((s for s in servers if s.name == "buildgrid"), None)
+    others = [s for s in servers if s is not base] if base else []
     print()
-    header = f"{'':55s}" + "".join(f"{n:>14s}" for n in names)
-    if len(names) == 2:
-        header += f"{'ratio':>10s}"
+    header = f"{'':58s}" + "".join(f"{s.name:>12s}" for s in servers)
+    header += "".join(f"{'ratio ' + s.name[:8]:>16s}" for s in others)
+    header += f"{'target':>10s}"
     print(header)
-    for key, label, fmt in ROWS:
-        line = f"{label:55s}" + "".join(f"{fmt.format(results[n][key]):>14s}" for n in names)
-        if len(names) == 2 and results[names[0]][key]:
-            ratio = results[names[1]][key] / results[names[0]][key]
+    fill = {"clients": args.clients, "gar_clients": args.gar_clients, "mib": args.mib, "sha": sha}
+    for key, label, fmt, target in ROWS:
+        values = [s.value(key) for s in servers]
+        if all(math.isnan(v) for v in values):  # not measured
+            continue
+        line = f"{label.format(**fill):58s}" + "".join(f"{fmt.format(v):>12s}" for v in values)
+        for s in others:
+            if key == "bsw_pct" or not base.value(key):
+                line += f"{'':>16s}"
+                continue
+            ratio = s.value(key) / base.value(key)
             if key == "gar_p50_ms":
                 ratio = 1 / ratio if ratio else 0
-            line += f"{ratio:>9.1f}x"
+            line += f"{ratio:>15.2f}x"
+        if target:
+            line += f"{'>= ' + (f'{target[1]:g}x' if target[0] == 'ratio' else f'{target[1]:g}%'):>10s}"
         print(line)
-    if "granary" in results:
-        print(f"\nGranary ByteStream Write is {results['granary']['bsw'] / sha * 100:.0f}% of single-core sha256")
-    print(f"(clients: {args.clients} processes; {args.seconds:.0f}s per measurement; "
-          "ratio = granary / buildgrid, latency ratio inverted)")
+    print(f"(clients: {args.clients} processes; {args.seconds:g}s per measurement; medians of {args.rounds}"
+          " round(s), servers measured in turn; ratio = granary / buildgrid, latency ratio inverted)")
 
 
 if __name__ == "__main__":

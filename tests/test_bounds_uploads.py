@@ -209,7 +209,7 @@ def test_process_limit_counts_every_client():
 
 def test_abandoned_uploads_expire_and_give_back_their_temp_files_and_budget(tmp_path):
     async def main():
-        store = DiskBlobStore(tmp_path / "cas", 64 * MiB, direct_io=False)
+        store = DiskBlobStore(tmp_path / "cas", 64 * MiB)
         cas = ContentAddressableStorage(store, upload_ttl=0.01, max_uploads_per_client=2)
         data = os.urandom(1 * MiB)  # above the pack limit: goes to a temp file
         await _abandon(cas, data, 2 * MiB, "a")
@@ -231,7 +231,7 @@ def test_abandoned_uploads_expire_and_give_back_their_temp_files_and_budget(tmp_
 
 def test_disk_store_evicts_to_leave_room_for_unfinished_uploads(tmp_path):
     async def main():
-        store = DiskBlobStore(tmp_path / "cas", 16 * MiB, direct_io=False)
+        store = DiskBlobStore(tmp_path / "cas", 16 * MiB)
         cas = ContentAddressableStorage(store)
         blobs = [os.urandom(MiB) for _ in range(10)]
         for b in blobs:

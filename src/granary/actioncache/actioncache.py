@@ -4,6 +4,11 @@ It never hands out a result whose blobs are gone from the CAS: every output
 file, every file inside output directory trees, stdout and stderr are
 checked first, and an incomplete entry reads as NOT_FOUND. Action digests are
 only keys here (moon sends the digest of its own JSON, not an Action).
+
+A result found complete is remembered (per process, bounded) with the CAS
+store's removal token read before the check: while the stored bytes are the
+same and the token has not changed, no blob can have gone, so the next
+lookup skips the check and only records the blobs as used.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ MAX_INLINE_FIELD_BYTES = 1 << 20
 #: largest serialized ActionResult stored: with INLINE_LIMIT more inlined on the way
 #: out, a GetActionResult reply stays under the 4 MiB clients accept by default
 MAX_RESULT_BYTES = 3 << 20
+
+#: results remembered as complete, per ActionCache: entries, and largest serialized result
+MEMO_ENTRIES = 8192
+MEMO_MAX_RESULT = 16 << 10
 
 log = logging.getLogger("granary.actioncache")
 
@@ -51,6 +60,8 @@ class ActionCache:
         self.allow_updates = allow_updates
         self.write_once = write_once
         self.check_completeness = check_completeness
+        #: key -> (serialized result, keys of the blobs it needs, CAS removal token before the check)
+        self._complete: dict[str, tuple[bytes, tuple[str, ...], object]] = {}
 
     def _key(self, action: BlobDigest) -> str:
         return f"{self.namespace}\x00{action.key}/{action.size}"
@@ -63,24 +74,43 @@ class ActionCache:
         inline_stderr: bool = False,
         inline_output_files: Iterable[str] = (),
     ) -> re_pb2.ActionResult:
-        raw = await self.store.get(self._key(action))
+        key = self._key(action)
+        raw = await self.store.get(key)
         if raw is None:
             raise NotFound(f"no action result for {action}")
         result = re_pb2.ActionResult()
         try:
             result.ParseFromString(raw)
         except DecodeError:
-            await self.store.delete(self._key(action))
+            self._complete.pop(key, None)
+            await self.store.delete(key)
             raise NotFound(f"no action result for {action} (stored entry was unreadable)") from None
         if self.check_completeness:
-            missing = await self._missing_blobs(result, action.function)
-            if missing:
-                raise NotFound(
-                    f"action result for {action} refers to {len(missing)} blob(s) no longer in the CAS,"
-                    f" e.g. {missing[0]}"
-                )
-        await self._inline(result, action.function, inline_stdout, inline_stderr, set(inline_output_files))
+            await self._check_complete(key, raw, result, action)
+        if inline_stdout or inline_stderr or inline_output_files:
+            await self._inline(result, action.function, inline_stdout, inline_stderr, set(inline_output_files))
         return result
+
+    async def _check_complete(self, key: str, raw: bytes, result: re_pb2.ActionResult, action: BlobDigest) -> None:
+        cas = self.cas
+        known = self._complete.get(key)
+        if known is not None and known[0] == raw:
+            token = cas.removal_token()
+            if token is not None and token == known[2]:
+                cas.record_access(known[1])
+                return
+        token = cas.removal_token()  # before the check: a removal after it changes the token
+        missing, needed = await self._missing_blobs(result, action.function)
+        if missing:
+            self._complete.pop(key, None)
+            raise NotFound(
+                f"action result for {action} refers to {len(missing)} blob(s) no longer in the CAS,"
+                f" e.g. {missing[0]}"
+            )
+        if token is not None and len(raw) <= MEMO_MAX_RESULT:
+            if len(self._complete) >= MEMO_ENTRIES:
+                self._complete.clear()
+            self._complete[key] = (raw, needed, token)
 
     async def update(self, action: BlobDigest, result: re_pb2.ActionResult) -> re_pb2.ActionResult:
         if not self.allow_updates:
@@ -138,7 +168,10 @@ class ActionCache:
             except InvalidArgument as e:
                 raise InvalidArgument(f"ActionResult {what}: {e.message}") from None
 
-    async def _missing_blobs(self, result: re_pb2.ActionResult, function: int) -> list[BlobDigest]:
+    async def _missing_blobs(
+        self, result: re_pb2.ActionResult, function: int
+    ) -> tuple[list[BlobDigest], tuple[str, ...]]:
+        """(the blobs missing, the keys of all blobs checked: the result's and its trees' files)."""
         wanted: list[BlobDigest] = []
         trees: list[BlobDigest] = []
         for d, what in _referenced(result):
@@ -151,7 +184,8 @@ class ActionCache:
                 trees.append(bd)
         missing = await self.cas.find_missing(wanted)
         if missing:
-            return missing
+            return missing, ()
+        needed = [d.key for d in wanted if d.size]
         for tree_digest in trees:
             if not tree_digest.size:
                 continue
@@ -159,18 +193,19 @@ class ActionCache:
             try:
                 tree.ParseFromString(await self.cas.get(tree_digest))
             except (DecodeError, NotFound):
-                return [tree_digest]
+                return [tree_digest], ()
             files = []
             for directory in [tree.root, *tree.children]:
                 for f in directory.files:
                     try:
                         files.append(dg.make_digest(function, f.digest.hash, f.digest.size_bytes))
                     except InvalidArgument:
-                        return [tree_digest]
+                        return [tree_digest], ()
             missing = await self.cas.find_missing(files)
             if missing:
-                return missing
-        return []
+                return missing, ()
+            needed.extend(d.key for d in files if d.size)
+        return [], tuple(needed)
 
     async def _inline(
         self,

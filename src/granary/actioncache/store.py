@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from granary.errors import Unimplemented
+from granary.shared_token import bump, open_token, read
 from granary.sqlite_wal import enable_wal
 
 
@@ -112,12 +113,23 @@ CREATE TRIGGER IF NOT EXISTS results_bytes_update AFTER UPDATE OF value ON resul
 """
 
 
+#: values a SqliteActionCacheStore keeps in memory: entries, and largest value kept
+SQLITE_CACHE_ENTRIES = 8192
+SQLITE_CACHE_MAX_VALUE = 16 << 10
+
+
 class SqliteActionCacheStore(ActionCacheStore):
     """One SQLite file (WAL), safe to share between server processes.
 
     The bytes of all values are kept in `meta` by triggers (so every process
     sees one total); past `max_bytes` (or `max_entries`) the least recently
     used entries are deleted down to 90% of the budget.
+
+    Each process keeps recently read values in memory, valid while the change
+    token (8 bytes in `<file>.token`, mapped by every process) is what it was
+    when they were read: every process writes a fresh random token after each
+    commit that adds, replaces or deletes values, so a value another process
+    changed is read again from the file.
     """
 
     name = "sqlite"
@@ -144,35 +156,61 @@ class SqliteActionCacheStore(ActionCacheStore):
             self._db.execute("ROLLBACK")
             raise
         self._touched: dict[str, float] = {}
+        self._token = open_token(Path(f"{path}.token"))
+        self._values: dict[str, bytes] = {}  # valid while the token is self._values_token
+        self._values_token: bytes | None = None
+        self._changed()  # a process that died between a commit and its token write
+
+    def _changed(self) -> None:
+        """After a commit that added, replaced or deleted values: every process re-reads."""
+        bump(self._token)
 
     async def get(self, key: str) -> bytes | None:
-        row = self._db.execute("SELECT value FROM results WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
+        values = self._values
+        token = read(self._token)
+        if token is None or token != self._values_token:
+            values.clear()
+            self._values_token = token
+        value = values.get(key)
+        if value is None:
+            row = self._db.execute("SELECT value FROM results WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            value = row[0]
+            if token is not None and len(value) <= SQLITE_CACHE_MAX_VALUE:
+                if len(values) >= SQLITE_CACHE_ENTRIES:
+                    values.clear()
+                values[key] = value
         now = time.time()
         if now - self._touched.get(key, 0) > 60:
             if len(self._touched) > 1_000_000:
                 self._touched.clear()
             self._touched[key] = now
             self._db.execute("UPDATE results SET atime = ? WHERE key = ?", (int(now), key))
-        return row[0]
+        return value
 
     async def put(self, key: str, value: bytes) -> None:
-        self._db.execute(
-            "INSERT INTO results VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
-            " atime = excluded.atime",
-            (key, value, int(time.time())),
-        )
-        self._trim()
+        try:
+            self._db.execute(
+                "INSERT INTO results VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                " atime = excluded.atime",
+                (key, value, int(time.time())),
+            )
+            self._trim()
+        finally:
+            self._changed()
 
     async def put_if_absent(self, key: str, value: bytes) -> bytes | None:
-        cur = self._db.execute(
-            "INSERT INTO results VALUES (?, ?, ?) ON CONFLICT(key) DO NOTHING",
-            (key, value, int(time.time())),
-        )
-        if cur.rowcount:
-            self._trim()
-            return None
+        try:
+            cur = self._db.execute(
+                "INSERT INTO results VALUES (?, ?, ?) ON CONFLICT(key) DO NOTHING",
+                (key, value, int(time.time())),
+            )
+            if cur.rowcount:
+                self._trim()
+                return None
+        finally:
+            self._changed()
         return await self.get(key)
 
     @property
@@ -197,7 +235,10 @@ class SqliteActionCacheStore(ActionCacheStore):
                     break
 
     async def delete(self, key: str) -> None:
-        self._db.execute("DELETE FROM results WHERE key = ?", (key,))
+        try:
+            self._db.execute("DELETE FROM results WHERE key = ?", (key,))
+        finally:
+            self._changed()
 
     async def iterate(self) -> AsyncIterator[tuple[str, bytes, float]]:
         for key, value, atime in self._db.execute("SELECT key, value, atime FROM results").fetchall():
@@ -205,3 +246,7 @@ class SqliteActionCacheStore(ActionCacheStore):
 
     async def close(self) -> None:
         self._db.close()
+        self._values.clear()
+        if self._token is not None:
+            self._token.close()
+            self._token = None

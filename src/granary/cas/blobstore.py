@@ -9,7 +9,7 @@ through a `BlobWriter`, which becomes visible only on `commit()`.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import NamedTuple
 
 from granary.digest import BlobDigest
@@ -100,6 +100,18 @@ class BlobStore(abc.ABC):
     def presence(self) -> Presence | None:
         """Fresh in-memory presence knowledge, if this store keeps any."""
         return None
+
+    def removal_token(self) -> object | None:
+        """A value that changes whenever a blob may have left this store, in any process.
+
+        Read it before checking that blobs are present: while it still equals
+        what was read, none of them has gone. None: the store cannot tell (every
+        check must ask it again).
+        """
+        return None
+
+    def record_access(self, keys: Iterable[str]) -> None:
+        """Count blobs (by key) as used, as a lookup would, for stores that evict by last use."""
 
     async def has(self, digest: BlobDigest) -> bool:
         return not await self.find_missing([digest])

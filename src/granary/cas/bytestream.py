@@ -78,21 +78,23 @@ async def write(
             raise
     session.busy = True
     request: WriteChunk | None = first
+    name = first.resource_name
+    take = _take if session.compressor != compression.IDENTITY else _take_plain
     try:
         while request is not None:
             if request.write_offset != session.committed:
                 raise InvalidArgument(
                     f"write_offset {request.write_offset} does not follow the {session.committed}"
-                    f" bytes already written to {first.resource_name!r}"
+                    f" bytes already written to {name!r}"
                 )
-            if request.resource_name and request.resource_name != first.resource_name:
-                raise InvalidArgument(
-                    f"resource_name changed within one Write stream: {request.resource_name!r}"
-                )
-            if request.data:
-                await _take(cas, session, request.data, first.resource_name)
+            other = request.resource_name
+            if other and other != name:
+                raise InvalidArgument(f"resource_name changed within one Write stream: {other!r}")
+            data = request.data  # once: each access of a protobuf bytes field copies it
+            if data:
+                await take(cas, session, data, name)
             if request.finish_write:
-                await _finish(cas, session, first.resource_name)
+                await _finish(cas, session, name)
                 return done if not compressed else session.committed
             request = await next_chunk()
         # the client closed the stream without finish_write: keep it for resuming
@@ -135,6 +137,19 @@ async def _take(cas: ContentAddressableStorage, session: UploadSession, data: by
             f"upload {name!r} {how} more than the {d.size} bytes its digest {d} names"
         ) from None
     session.committed += len(data)
+
+
+async def _take_plain(cas: ContentAddressableStorage, session: UploadSession, data: bytes, name: str) -> None:
+    """_take for uncompressed uploads: the chunk is hashed and written as it came."""
+    n = len(data)
+    if session.received + n > session.digest.size:
+        raise InvalidArgument(
+            f"upload {name!r} sends more than the {session.digest.size} bytes its digest {session.digest} names"
+        )
+    cas.uploads.grow(session, n)
+    session.hasher.update(data)
+    await session.writer.write(data)
+    session.committed += n
 
 
 async def _finish(cas: ContentAddressableStorage, session: UploadSession, name: str) -> None:

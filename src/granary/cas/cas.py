@@ -256,6 +256,13 @@ class ContentAddressableStorage:
     async def has(self, d: BlobDigest) -> bool:
         return not await self.find_missing([d])
 
+    def removal_token(self) -> object | None:
+        """See BlobStore.removal_token: unchanged since a check means no checked blob has gone."""
+        return self.store.removal_token()
+
+    def record_access(self, keys: tuple[str, ...]) -> None:
+        self.store.record_access(keys)
+
     # ---- GetTree ------------------------------------------------------------
 
     async def get_tree(

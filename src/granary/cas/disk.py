@@ -15,15 +15,15 @@ for small blobs), so bytes lost to a power cut read as missing, not wrong.
 
 Each process keeps a cache of known locations; evictions and compactions
 bump a generation number in the index, which invalidates every process's
-cache on its next call.
+cache on its next call. Once such a change is committed, and before any file
+goes, they also write a fresh random value into `removals.token`, which every
+process maps: a value that has not changed since a check means no blob has
+gone since (the Action Cache uses it to skip re-checking a result's blobs).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import fcntl
-import mmap
 import os
 import sqlite3
 import time
@@ -35,6 +35,7 @@ from granary import digest as dg
 from granary.cas.blobstore import READ_CHUNK, BlobInfo, BlobStore, BlobWriter, Presence
 from granary.digest import BlobDigest
 from granary.errors import BlobNotFound, ResourceExhausted
+from granary.shared_token import bump, open_token, read
 from granary.sqlite_wal import enable_wal
 
 _SCHEMA = """
@@ -60,7 +61,6 @@ _FILE = -1
 _SQL_CHUNK = 900  # bound on bound parameters per statement
 _TOUCH_INTERVAL = 60.0  # seconds between recorded accesses of one blob
 _FLUSH_INTERVAL = 2.0
-_DIRECT_READ_MIN = 4 << 20  # large blobs are read with O_DIRECT
 _COALESCE_GAP = 64 << 10  # neighbouring packed blobs closer than this are read together
 _COALESCE_MAX = 4 << 20
 
@@ -105,14 +105,12 @@ class DiskBlobStore(BlobStore):
         pack_max_blob: int = 256 * 1024,
         pack_file_bytes: int = 64 << 20,
         fsync: bool = False,
-        direct_io: bool = True,
     ):
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.pack_max_blob = pack_max_blob
         self.pack_file_bytes = pack_file_bytes
         self.fsync = fsync
-        self.direct_io = direct_io
         #: bytes this process's unfinished uploads hold in tmp/ and in memory (set by
         #: the UploadRegistry): eviction leaves room for them within max_bytes, but
         #: never evicts below half of max_bytes for them (uploads must not empty the cache)
@@ -135,12 +133,14 @@ class DiskBlobStore(BlobStore):
         self._pack_id = -1
         self._pack_fd = -1
         self._pack_size = 0
+        self._token = open_token(self.root / "removals.token")
         self._recover()
 
     # ---- start-up -----------------------------------------------------------
 
     def _recover(self) -> None:
         """Seal packs and drop temp files left by processes that died."""
+        self._bump_removals()  # a process that died between a removal and its bump
         for pack_id, owner in self._db.execute("SELECT id, owner FROM packs WHERE sealed = 0").fetchall():
             if owner == self._pid or not _pid_alive(owner):
                 self._db.execute("UPDATE packs SET sealed = 1 WHERE id = ?", (pack_id,))
@@ -165,6 +165,30 @@ class DiskBlobStore(BlobStore):
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _removal(self) -> Iterator[None]:
+        """A write transaction that deletes or moves blobs.
+
+        It bumps the generation (every process drops its cached locations) and,
+        once it has ended, the shared removal token; callers unlink files only after.
+        """
+        try:
+            with self._transaction():
+                yield
+                self._db.execute("UPDATE meta SET v = v + 1 WHERE k = 'generation'")
+        finally:
+            self._bump_removals()
+
+    def _bump_removals(self) -> None:
+        bump(self._token)
+
+    def removal_token(self) -> bytes | None:
+        return read(self._token)
+
+    def record_access(self, keys: Iterable[str]) -> None:
+        self._presence.hits.update(keys)
+        self._maybe_flush_atimes()
 
     def _refresh(self) -> None:
         """Drop cached knowledge other processes may have made stale."""
@@ -375,20 +399,19 @@ class DiskBlobStore(BlobStore):
                 raise BlobNotFound(digest)
             view = memoryview(data)[offset:end]
             return _iter_view(view)
-        direct = self.direct_io and size >= _DIRECT_READ_MIN
         try:
-            fd = os.open(self._file_path(digest.key), os.O_RDONLY | (os.O_DIRECT if direct else 0))
+            fd = os.open(self._file_path(digest.key), os.O_RDONLY)
         except FileNotFoundError:
             self._locations.pop(digest.key, None)
             raise BlobNotFound(digest) from None
-        except OSError:  # no O_DIRECT on this filesystem
-            self.direct_io = direct = False
-            fd = os.open(self._file_path(digest.key), os.O_RDONLY)
         if os.fstat(fd).st_size != size:
             os.close(fd)
             self._forget_corrupt(digest)
             raise BlobNotFound(digest)
-        return _iter_file_direct(fd, offset, end) if direct else _iter_file(fd, offset, end)
+        if end - offset > READ_CHUNK:
+            # larger kernel readahead for what is not cached yet; a no-op for cached pages
+            os.posix_fadvise(fd, offset, end - offset, os.POSIX_FADV_SEQUENTIAL)
+        return _iter_file(fd, offset, end)
 
     async def put_many(self, blobs: Sequence[tuple[BlobDigest, bytes]]) -> None:
         unique: dict[str, tuple[BlobDigest, bytes]] = {}
@@ -507,6 +530,9 @@ class DiskBlobStore(BlobStore):
             os.close(fd)
         self._read_fds.clear()
         self._db.close()
+        if self._token is not None:
+            self._token.close()
+            self._token = None
 
     # ---- eviction and compaction -------------------------------------------
 
@@ -520,7 +546,7 @@ class DiskBlobStore(BlobStore):
         db = self._db
         freed = 0
         files: list[str] = []
-        with self._transaction():
+        with self._removal():
             total = db.execute("SELECT v FROM meta WHERE k = 'bytes'").fetchone()[0]
             need = total - target_bytes
             while freed < need:
@@ -537,7 +563,6 @@ class DiskBlobStore(BlobStore):
                         break
                     freed += self._delete_row(_unsql(raw), size, pack, files)
             db.execute("UPDATE meta SET v = v - ? WHERE k = 'bytes'", (freed,))
-            db.execute("UPDATE meta SET v = v + 1 WHERE k = 'generation'")
         self._unlink_files(files)
         self._delete_dead_packs()
         self._compact()
@@ -556,11 +581,10 @@ class DiskBlobStore(BlobStore):
         db = self._db
         files: list[str] = []
         freed = 0
-        with self._transaction():
+        with self._removal():
             for key, size, pack, _ in list(self._query(keys)):
                 freed += self._delete_row(key, size, pack, files)
             db.execute("UPDATE meta SET v = v - ? WHERE k = 'bytes'", (freed,))
-            db.execute("UPDATE meta SET v = v + 1 WHERE k = 'generation'")
         self._unlink_files(files)
         self._delete_dead_packs()
 
@@ -605,7 +629,7 @@ class DiskBlobStore(BlobStore):
             base = self._pack_size
             os.pwrite(self._pack_fd, b"".join(data for _, data in moved), base)
             self._pack_size += total
-            with self._transaction():
+            with self._removal():
                 offset = base
                 for d, _ in moved:
                     db.execute(
@@ -616,7 +640,6 @@ class DiskBlobStore(BlobStore):
                 db.execute("UPDATE packs SET size = ?, live = live + ? WHERE id = ?",
                            (self._pack_size, total, self._pack_id))
                 db.execute("UPDATE packs SET live = 0 WHERE id = ?", (pack_id,))
-                db.execute("UPDATE meta SET v = v + 1 WHERE k = 'generation'")
             self._locations.clear()
         if sparse:
             self._delete_dead_packs()
@@ -649,14 +672,13 @@ class DiskBlobStore(BlobStore):
 
 
 class _DiskWriter(BlobWriter):
-    """Buffers small blobs in memory; streams large ones to a temp file.
+    """Buffers small blobs in memory; streams large ones to a temp file through the page cache.
 
-    Large blobs are written with O_DIRECT through an aligned buffer where the
-    filesystem allows it: on these machines filling fresh page-cache pages
-    costs ~3 ms per MiB (330 MB/s) while direct writes reach ~1 GB/s.
+    Plain buffered writes: measured here they cost ~0.45 ms per MiB against
+    ~2.5 ms for O_DIRECT through an aligned buffer, and they leave the blob in
+    the page cache, so reading it back soon after (the usual case: an output
+    uploaded, then fetched) costs no disk read.
     """
-
-    _DIRECT_BUFFER = 4 << 20
 
     def __init__(self, store: DiskBlobStore, digest: BlobDigest):
         self._store = store
@@ -665,79 +687,26 @@ class _DiskWriter(BlobWriter):
         self._buffered = 0
         self._fd = -1
         self._tmp = ""
-        self._direct: mmap.mmap | None = None
-        self._spare: mmap.mmap | None = None  # the buffer a background write is draining
-        self._pending: asyncio.Future | None = None
-        self._pos = 0  # bytes waiting in the direct buffer
 
     def _open(self) -> None:
         self._store._check_room(self._digest.size)
         self._tmp = self._store._tmp_path()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        if self._store.direct_io and self._digest.size >= self._DIRECT_BUFFER:
-            try:
-                self._fd = os.open(self._tmp, flags | os.O_DIRECT, 0o644)
-                self._direct = mmap.mmap(-1, self._DIRECT_BUFFER)
-                self._spare = mmap.mmap(-1, self._DIRECT_BUFFER)
-                return
-            except OSError:
-                self._store.direct_io = False  # e.g. tmpfs: plain writes from now on
-        self._fd = os.open(self._tmp, flags, 0o644)
-
-    async def _put(self, chunk: bytes) -> None:
-        if self._direct is None:
-            _write_all(self._fd, chunk)
-            return
-        view = memoryview(chunk)
-        size = self._DIRECT_BUFFER
-        while view:
-            buf = self._direct
-            n = min(len(view), size - self._pos)
-            buf[self._pos : self._pos + n] = view[:n]
-            self._pos += n
-            view = view[n:]
-            if self._pos == size:
-                # the device write runs in a thread (no GIL held) while the next chunks arrive
-                await self._drain()
-                self._pending = asyncio.get_running_loop().run_in_executor(None, _write_all, self._fd, buf)
-                self._direct, self._spare = self._spare, buf
-                self._pos = 0
-
-    async def _drain(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
-
-    async def _finish_direct(self) -> None:
-        await self._drain()
-        buf = self._direct
-        if buf is None:
-            return
-        aligned = self._pos - self._pos % 4096
-        if aligned:
-            _write_all(self._fd, memoryview(buf)[:aligned])
-        if self._pos > aligned:
-            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-            _write_all(self._fd, buf[aligned : self._pos])
-        self._close_buffers()
-
-    def _close_buffers(self) -> None:
-        for b in (self._direct, self._spare):
-            if b is not None:
-                b.close()
-        self._direct = self._spare = None
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
     async def write(self, chunk: bytes) -> None:
         if self._fd >= 0:
-            await self._put(chunk)
+            _write_all(self._fd, chunk)
             return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         if self._buffered > self._store.pack_max_blob:
             self._open()
-            for c in self._chunks:
-                await self._put(c)
-            self._chunks = []
+            self._spill()
+
+    def _spill(self) -> None:
+        for c in self._chunks:
+            _write_all(self._fd, c)
+        self._chunks = []
 
     def park(self) -> None:
         """The client went away mid-upload: move what sits in memory to the temp file.
@@ -748,15 +717,8 @@ class _DiskWriter(BlobWriter):
         """
         if self._fd >= 0 or not self._chunks:
             return
-        store = self._store
-        direct, store.direct_io = store.direct_io, False
-        try:
-            self._open()
-        finally:
-            store.direct_io = direct
-        for c in self._chunks:
-            _write_all(self._fd, c)
-        self._chunks = []
+        self._open()
+        self._spill()
 
     async def commit(self) -> None:
         store = self._store
@@ -765,7 +727,6 @@ class _DiskWriter(BlobWriter):
             self._chunks = []
             await store.put_many([(self._digest, data)])
             return
-        await self._finish_direct()
         if store.fsync:
             os.fdatasync(self._fd)
         os.close(self._fd)
@@ -777,11 +738,6 @@ class _DiskWriter(BlobWriter):
 
     async def abort(self) -> None:
         self._chunks = []
-        try:
-            await self._drain()
-        except OSError:
-            pass
-        self._close_buffers()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -792,10 +748,11 @@ class _DiskWriter(BlobWriter):
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    n = os.write(fd, data)
+    if n < len(data):  # rare for regular files (e.g. a signal): finish without re-copying
+        view = memoryview(data)[n:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 async def _iter_view(view: memoryview) -> AsyncIterator[bytes]:
@@ -803,27 +760,13 @@ async def _iter_view(view: memoryview) -> AsyncIterator[bytes]:
         yield bytes(view[start : start + READ_CHUNK])
 
 
-async def _iter_file_direct(fd: int, offset: int, end: int) -> AsyncIterator[bytes]:
-    """Read around the page cache: a cold read through it costs ~3 ms/MiB here, direct ~1 ms."""
-    buf = mmap.mmap(-1, 4 * READ_CHUNK)  # large device reads, handed out in 1 MiB messages
-    try:
-        pos = offset - offset % 4096
-        skip = offset - pos
-        while pos < end:
-            n = os.preadv(fd, [buf], pos)
-            if n <= 0:
-                break
-            stop = min(n, end - pos)
-            for start in range(skip, stop, READ_CHUNK):
-                yield buf[start : min(stop, start + READ_CHUNK)]
-            skip = 0
-            pos += n
-    finally:
-        buf.close()
-        os.close(fd)
-
-
 async def _iter_file(fd: int, offset: int, end: int) -> AsyncIterator[bytes]:
+    """1 MiB chunks through the page cache: `os.pread` reads straight into each new bytes
+    object, the one copy the response needs (it takes bytes, not views).
+
+    O_DIRECT measured slower here in every case: 0.4-1.1 GB/s against ~6 GB/s for cached
+    and ~2.3 GB/s for uncached pages through the page cache.
+    """
     try:
         pos = offset
         while pos < end:
