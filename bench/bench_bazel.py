@@ -190,11 +190,11 @@ class Server:
     end_rss: float = 0.0
 
 
-def start_granary(data: Path) -> Server:
-    """`python3 -m granary serve` with the embedded defaults, this checkout's code."""
+def start_granary(data: Path, src: Path | None = None) -> Server:
+    """`python3 -m granary serve` with the embedded defaults, this checkout's code (or src's)."""
     data.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src or REPO / "src"), env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "granary", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data / "data")]
     with open(data / "serve.log", "wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
@@ -379,10 +379,17 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, cleanups: list[Callable[[
     if "buildgrid" in servers:
         clients["buildgrid"] = BazelClient(
             "buildgrid", workspace, state, [f"--remote_cache=grpc://{servers['buildgrid'].address}", *common])
+    rexec_flags = ["--spawn_strategy=remote", "--genrule_strategy=remote", "--remote_local_fallback=false",
+                   "--noremote_accept_cached"]
     if "rexec" not in args.skip:
         clients["rexec"] = BazelClient("rexec", workspace, state, [
-            f"--remote_executor=grpc://{granary.address}", *common, "--spawn_strategy=remote",
-            "--genrule_strategy=remote", "--remote_local_fallback=false", "--noremote_accept_cached"])
+            f"--remote_executor=grpc://{granary.address}", *common, *rexec_flags])
+        if args.rexec_base:
+            base = start_granary(tmp / "granary-base", Path(args.rexec_base).resolve())
+            cleanups.append(lambda: stop_process_group(base.proc))
+            log(f"Granary from {args.rexec_base} (remote execution baseline) on {base.address}, pid {base.proc.pid}")
+            clients["rexec-base"] = BazelClient("rexec-base", workspace, state, [
+                f"--remote_executor=grpc://{base.address}", *common, *rexec_flags])
     for c in clients.values():
         cleanups.append(c.shutdown)
 
@@ -429,14 +436,15 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, cleanups: list[Callable[[
 
     # remote execution on Granary's workers versus a local build
     if "rexec" in clients:
+        kinds = ["rexec", "none", *(["rexec-base"] if "rexec-base" in clients else [])]
         for r in range(args.rexec_rounds):
-            for name in rotate(["rexec", "none"], r):
+            for name in rotate(kinds, r):
                 c = clients[name]
                 c.clean()
                 res = c.build(*salt)
-                if name == "rexec":
-                    check(res.count("remote") == res.actions > 0, f"[rexec] not all executed remotely: {res.line()}")
-                    samples.add("rexec/granary", res.seconds)
+                if name.startswith("rexec"):
+                    check(res.count("remote") == res.actions > 0, f"[{name}] not all executed remotely: {res.line()}")
+                    samples.add("rexec/granary" if name == "rexec" else "rexec/base", res.seconds)
                 else:
                     check(res.count(*LOCAL_KINDS) == res.actions > 0, f"[local] not all local: {res.line()}")
                     samples.add("rexec/local", res.seconds)
@@ -480,6 +488,9 @@ def print_report(args: argparse.Namespace, layout: Layout, actions: set[int], sa
         rex = f"{_fmt(samples.min('rexec/granary'))} / {_fmt(samples.median('rexec/granary'))}"
         loc = f"{_fmt(samples.min('rexec/local'))} / {_fmt(samples.median('rexec/local'))}"
         print(f"{'remote execution on Granary / local build':44s}{rex:>17s}{'':34s}{loc:>17s}")
+    if samples.times.get("rexec/base"):
+        base = f"{_fmt(samples.min('rexec/base'))} / {_fmt(samples.median('rexec/base'))}"
+        print(f"{'remote execution, --rexec-base':44s}{base:>17s}")
     print()
 
     def ratio(a: str, b: str) -> tuple[float | None, float | None]:
@@ -494,6 +505,7 @@ def print_report(args: argparse.Namespace, layout: Layout, actions: set[int], sa
         ("Granary cold / BuildGrid cold", "cold/granary", "cold/buildgrid", 1.0),
         ("Granary cold / no-cache cold", "cold/granary", "cold/none", 1.05),
         ("remote execution / local build", "rexec/granary", "rexec/local", 1.1),
+        ("remote execution (--rexec-base) / local build", "rexec/base", "rexec/local", 1.1),
     ]
     print(f"{'ratio':44s}{'median':>10s}{'min':>10s}{'target':>10s}  met")
     print("-" * 80)
@@ -520,6 +532,9 @@ def main() -> None:
     ap.add_argument("--no-warmup", action="store_true",
                     help="skip the untimed warm-up build each Bazel server does first")
     ap.add_argument("--skip", default="", help="comma-separated: buildgrid, rexec")
+    ap.add_argument("--rexec-base", metavar="SRC",
+                    help="also run remote execution against a Granary from this source tree (e.g. /work/main/src),"
+                         " interleaved with this checkout's and the local build: before/after in one run")
     ap.add_argument("--tmp", type=Path, default=None, help="parent of the temp dir (default: $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (workspace, server data, Bazel logs)")
     args = ap.parse_args()

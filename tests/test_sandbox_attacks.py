@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -29,7 +31,7 @@ from test_worker import E2E_CONFIG, execute, final_response, put_action, run_act
 from granary.worker.execute import Executor
 from granary.worker.local_cas import LocalCas
 from granary.worker.remote_cas import RemoteCas
-from granary.worker.sandbox import ActionUser, NoSandbox, make_sandbox
+from granary.worker.sandbox import ActionUser, NoSandbox, make_sandbox, reachable
 
 ROOT = os.geteuid() == 0
 NOBODY = ActionUser(65534, 65534)
@@ -51,7 +53,13 @@ def client(server):
 
 
 def _executor(server, tmp_path: Path, mode: str) -> Executor:
-    """An executor as `granary worker` builds one: the action uid is nobody when the worker is root."""
+    """An executor as `granary worker` builds one: the action uid is nobody when the worker is root.
+
+    A root worker's sandbox starts in one step (setpriv, then bubblewrap as the action uid) when
+    the action uid can reach the input root, else through the launcher: "bwrap" runs in the
+    pytest directory (0700 parents: the launcher), "bwrap-direct" in a work directory the action
+    uid can reach, as the worker's mount view provides (worker/mountview.py).
+    """
     user = NOBODY if ROOT else None
     if mode == "none":
         sandbox = NoSandbox(user)
@@ -60,19 +68,34 @@ def _executor(server, tmp_path: Path, mode: str) -> Executor:
             sandbox = make_sandbox("bwrap", user=user)
         except ValueError as e:
             pytest.skip(str(e))
+    work = tmp_path / "cache" / "work"
+    if mode == "bwrap-direct":
+        if not ROOT:
+            pytest.skip("only a root worker has two ways to start the sandbox")
+        work = Path(tempfile.mkdtemp(prefix="granary-direct-", dir="/tmp"))
+        os.chmod(work, 0o711)
+        assert reachable(str(work / "x"), NOBODY)
+    elif ROOT and mode == "bwrap":
+        assert not reachable(str(work / "x"), NOBODY)  # pytest's own directories are 0700
     channel = grpc.insecure_channel(server.address)
     return Executor(RemoteCas(channel, ""), LocalCas(tmp_path / "cache" / "cas", 1 << 30), sandbox,
-                    tmp_path / "cache" / "work", "attack-worker", action_user=user)
+                    work, "attack-worker", action_user=user)
 
 
-@pytest.fixture(params=["bwrap", "none"])
+@pytest.fixture(params=["bwrap", "bwrap-direct", "none"])
 def executor(request, server, tmp_path):
-    return _executor(server, tmp_path, request.param)
+    ex = _executor(server, tmp_path, request.param)
+    yield ex
+    if request.param == "bwrap-direct":
+        shutil.rmtree(ex.work_dir, ignore_errors=True)
 
 
-@pytest.fixture
-def bwrap_executor(server, tmp_path):
-    return _executor(server, tmp_path, "bwrap")
+@pytest.fixture(params=["bwrap", "bwrap-direct"])
+def bwrap_executor(request, server, tmp_path):
+    ex = _executor(server, tmp_path, request.param)
+    yield ex
+    if request.param == "bwrap-direct":
+        shutil.rmtree(ex.work_dir, ignore_errors=True)
 
 
 def outputs(client, result) -> dict[str, str]:
@@ -204,13 +227,15 @@ def test_daemonized_children_do_not_outlive_the_action(client, executor, how):
 # ---- 3. cached inputs stay as they were ------------------------------------------------------
 
 
-@pytest.fixture(params=["bwrap", "none", "none-same-uid"])
+@pytest.fixture(params=["bwrap", "bwrap-direct", "none", "none-same-uid"])
 def any_executor(request, server, tmp_path):
     """Also a worker whose actions run as its own uid (any worker that is not root): inputs are copies."""
     ex = _executor(server, tmp_path, request.param.removesuffix("-same-uid"))
     if request.param.endswith("-same-uid"):
         ex.sandbox, ex.action_user = NoSandbox(None), None
-    return ex
+    yield ex
+    if request.param == "bwrap-direct":
+        shutil.rmtree(ex.work_dir, ignore_errors=True)
 
 
 def test_an_action_cannot_rewrite_a_cached_input(client, any_executor):

@@ -32,6 +32,8 @@ SEPARATOR = "botSessions/"
 ACCEPTING = (bots_pb2.BotStatus.BOT_STATUS_UNSPECIFIED, bots_pb2.BotStatus.OK)
 DEADLINE_MARGIN = 1.0  # answer this long before the caller's deadline
 DEFAULT_MAX_BOT_CONCURRENCY = 64
+TOUCH_EVERY = 5.0  # at most this many seconds between writes of an unchanged bot row (capped: bot_timeout / 4)
+MAX_TOUCHED = 10_000  # sessions remembered as written before the memory is cleared
 
 
 def parent_of(session_name: str) -> str:
@@ -58,6 +60,10 @@ class BotSessions:
         self.notifier = notifier
         self.instances = instances
         self.scheduler = scheduler
+        # session -> (row without its times, when it was last written): a bot reports several times
+        # per action, and rewriting its unchanged row each time was a write transaction per report
+        self._touched: dict[str, tuple[tuple, float]] = {}
+        self._touch_every = min(TOUCH_EVERY, cfg.bot_timeout / 4)
 
     async def create(
         self, parent: str, session: bots_pb2.BotSession, time_remaining: float | None
@@ -96,7 +102,7 @@ class BotSessions:
             "properties": json.dumps(props), "concurrency": concurrency, "status": session.status,
             "created_time": time.time(), "last_seen": time.time(),
         }
-        await self.queue.run(self.queue.touch_bot, row)
+        await self._touch(row, created)
         reported = {lease.id: lease for lease in session.leases if lease.id}
         if created:
             self.scheduler.forget_live_offers()
@@ -122,6 +128,19 @@ class BotSessions:
         if time.monotonic() - started > 1.0:
             await self.queue.run(self.queue.seen_bot, name, time.time())
         return self._session(name, session, out, concurrency)
+
+    async def _touch(self, row: dict[str, Any], created: bool) -> None:
+        """Write the bot's row when new, changed, or not written for a while (last_seen stays far
+        fresher than bot_timeout, which is what the reaper and platform checks read)."""
+        key = tuple(v for k, v in row.items() if k not in ("created_time", "last_seen"))
+        now = time.monotonic()
+        last = self._touched.get(row["name"])
+        if not created and last is not None and last[0] == key and now - last[1] < self._touch_every:
+            return
+        await self.queue.run(self.queue.touch_bot, row)
+        if len(self._touched) >= MAX_TOUCHED:
+            self._touched.clear()
+        self._touched[row["name"]] = (key, now)
 
     def _session(
         self, name: str, session: bots_pb2.BotSession, out: list[bots_pb2.Lease], concurrency: int

@@ -100,6 +100,8 @@ class ActionRun:
         work = self.ex.work_dir / uuid.uuid4().hex
         try:
             work.mkdir(parents=True)
+            if self.ex.action_user is not None:
+                os.chmod(work, 0o711)  # the action uid passes through to its input root, lists nothing
             status = self._run(work)
         except Cancelled:
             status = status_pb2.Status(code=grpc.StatusCode.CANCELLED.value[0], message="action cancelled")

@@ -28,9 +28,10 @@ from granary.worker.connect import Credentials, open_channel, wait_until_answere
 from granary.worker.execute import Executor, remove_tree
 from granary.worker.inputs import InputLimits
 from granary.worker.local_cas import LocalCas
+from granary.worker.mountview import work_view
 from granary.worker.platform import properties
 from granary.worker.remote_cas import RemoteCas
-from granary.worker.sandbox import ActionUser, default_user, make_sandbox
+from granary.worker.sandbox import ActionUser, Bubblewrap, default_user, make_sandbox
 
 log = logging.getLogger("granary.worker")
 
@@ -79,8 +80,14 @@ class Worker:
         self.shutdown = Shutdown()
         work_dir = cfg.work_dir or cfg.cache_dir.parent / "work"
         self.work_dir = work_dir / f"{os.getpid()}"
-        self.channel = channel_for(cfg.server, cfg.credentials)
+        remove_stale_work_dirs(self.work_dir.parent)
+        remove_tree(self.work_dir)
+        self.work_dir.mkdir(parents=True)
         sandbox = make_sandbox(cfg.sandbox, cfg.sandbox_paths, cfg.action_user)
+        if getattr(sandbox, "user", None) is not None and isinstance(sandbox, Bubblewrap):
+            # before the channel: its threads (and so the actions) must start in the view's namespace
+            sandbox = sandbox.with_views(work_view(self.work_dir, cfg.action_user))
+        self.channel = channel_for(cfg.server, cfg.credentials)
         self.executor = Executor(
             remote=RemoteCas(self.channel, cfg.instance),
             local=LocalCas(cfg.cache_dir, cfg.cache_size),
@@ -113,9 +120,7 @@ class Worker:
             s.notify()
 
     def run(self) -> None:
-        remove_stale_work_dirs(self.work_dir.parent)
-        remove_tree(self.work_dir)
-        self.work_dir.mkdir(parents=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         threads = [threading.Thread(target=s.run, name=s.cfg.bot_id, daemon=True) for s in self.sessions]
         for t in threads:
             t.start()
@@ -154,6 +159,7 @@ def run(cfg: WorkerConfig) -> int:
     if not wait_until_answered(worker.channel, cfg.instance, f"worker {cfg.name} connecting to {target}",
                                worker.shutdown.draining):
         worker.channel.close()  # stopped before the server ever answered
+        remove_tree(worker.work_dir)
         return 0
     print(f"granary: worker {cfg.name} serving {cfg.server} with {cfg.concurrency} slot(s)", flush=True)
     worker.run()

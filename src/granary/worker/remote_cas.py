@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
@@ -22,6 +24,8 @@ CHUNK = 1 << 20  # ByteStream write chunk
 DEFAULT_BATCH = 4_000_000  # when the server advertises no limit
 BATCH_OVERHEAD = 64 << 10  # room left in a batch for per-blob framing
 FIND_MISSING_CHUNK = 10_000  # digests per FindMissingBlobs call
+MEMO_BYTES = 16 << 20  # Command and Directory messages kept in memory (verified, so safe to reuse)
+MEMO_BLOB = 1 << 20  # larger ones are not kept
 
 
 class MissingBlobs(Exception):
@@ -42,15 +46,51 @@ def from_proto(function: int, d: re_pb2.Digest) -> BlobDigest:
     return dg.make_digest(function, d.hash, d.size_bytes)
 
 
+class BlobMemo:
+    """The last few MiB of small blobs read whole (Commands, Directories), by digest.
+
+    A blob is only ever kept after its bytes were verified against its digest, and a digest
+    names its bytes forever, so a hit is as good as a fresh read: actions of one build share
+    most of their input directories, and each level of a tree cost a round trip to fetch.
+    """
+
+    def __init__(self, max_bytes: int = MEMO_BYTES):
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._blobs: OrderedDict[BlobDigest, bytes] = OrderedDict()
+        self._total = 0
+
+    def get(self, d: BlobDigest) -> bytes | None:
+        with self._lock:
+            data = self._blobs.get(d)
+            if data is not None:
+                self._blobs.move_to_end(d)
+            return data
+
+    def put(self, d: BlobDigest, data: bytes) -> None:
+        if len(data) > MEMO_BLOB or len(data) > self.max_bytes:
+            return
+        with self._lock:
+            if d in self._blobs:
+                return
+            self._blobs[d] = data
+            self._total += len(data)
+            while self._total > self.max_bytes:
+                _, old = self._blobs.popitem(last=False)
+                self._total -= len(old)
+
+
 class RemoteCas:
     """Sync client of one instance's CAS and ByteStream on a shared channel."""
 
-    def __init__(self, channel: grpc.Channel, instance: str, max_batch: int | None = None):
+    def __init__(self, channel: grpc.Channel, instance: str, max_batch: int | None = None,
+                 memo: BlobMemo | None = None):
         self.instance = instance
         self._cas = re_grpc.ContentAddressableStorageStub(channel)
         self._bs = bs_grpc.ByteStreamStub(channel)
         self._caps = re_grpc.CapabilitiesStub(channel)
         self._max_batch = max_batch
+        self.memo = memo if memo is not None else BlobMemo()
 
     @property
     def max_batch(self) -> int:
@@ -148,16 +188,23 @@ class RemoteCas:
             raise MissingBlobs([d], "corrupted blob")
 
     def read_small(self, digests: Iterable[BlobDigest]) -> dict[BlobDigest, bytes]:
-        """Whole blobs in memory (Directory and Command messages): batches, ByteStream when large."""
+        """Whole blobs in memory (Directory and Command messages): the memo, then batches,
+        ByteStream when large."""
         import io
 
         digests = list(digests)
         out: dict[BlobDigest, bytes] = {}
         missing: list[BlobDigest] = []
-        todo = [d for d in digests if d.size or not dg.is_empty(d)]
+        todo = []
         for d in digests:
             if d.size == 0 and dg.is_empty(d):
                 out[d] = b""
+                continue
+            kept = self.memo.get(d)
+            if kept is not None:
+                out[d] = kept
+            else:
+                todo.append(d)
         groups, large = self.batches(todo)
         for group in groups:
             try:
@@ -175,6 +222,8 @@ class RemoteCas:
             out[d] = buf.getvalue()
         if missing:
             raise MissingBlobs(missing)
+        for d in todo:
+            self.memo.put(d, out[d])  # verified by batch_read / stream_read
         return out
 
     # ---- writes -------------------------------------------------------------

@@ -3,14 +3,19 @@
 Actions run strangers' code, so the worker is a privilege boundary.
 
 Who runs it. A worker running as root runs actions as an unprivileged uid
-(ActionUser, nobody by default): bubblewrap itself is started as that uid,
-so the action's user namespace maps to it and it holds no capability on the
-host. bubblewrap resolves its bind sources as the uid that runs it, and the
-worker's directories may lie under paths only root can traverse (/root), so
-a root worker starts a small launcher sandbox first (bubblewrap as root,
-showing the host's system paths and the input root at /granary-input), in
-which setpriv drops to the action uid and starts the real sandbox. A worker
-that is not root runs actions as itself.
+(ActionUser, nobody by default): bubblewrap itself is started as that uid
+(setpriv drops to it, with no capabilities, an empty bounding set and
+no_new_privs), so the action's user namespace maps to it and it holds no
+capability on the host. bubblewrap resolves its bind sources as the uid that
+runs it, so the input root must be reachable by that uid: the worker shows
+its work directory at a path the action uid can traverse (its own mount
+namespace, see worker/mountview.py). Where the input root is still out of
+reach (its parents only root can traverse, e.g. /root, and no such view),
+a small launcher sandbox comes first (bubblewrap as root, showing the
+host's system paths and the input root at /granary-input), in which setpriv
+drops to the action uid and starts the real sandbox; that costs a second
+bubblewrap (about twice the CPU per action), so it is only the fallback. A
+worker that is not root runs actions as itself.
 
 An input root is run in one of two layouts:
 
@@ -46,9 +51,11 @@ import glob
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -71,6 +78,7 @@ LAUNCHER_INPUT = "/granary-input"  # where the launcher shows the input root to 
 NETWORK_PROPERTY = "dockerNetwork"
 NETWORK_VALUES = ("off", "standard")
 NOBODY = 65534
+SYSTEM_REFRESH = 30.0  # seconds the list of system paths (which of them exist, which are symlinks) is reused
 
 
 @dataclass(frozen=True)
@@ -133,23 +141,57 @@ class Bubblewrap:
     reaper = False
 
     def __init__(self, bwrap: str, extra_paths: tuple[str, ...] = (), unshare_net: bool = True,
-                 user: ActionUser | None = None, setpriv: str | None = None, disable_userns: bool = True):
+                 user: ActionUser | None = None, setpriv: str | None = None, disable_userns: bool = True,
+                 views: tuple[tuple[str, str], ...] = ()):
+        """views: (real directory, another path showing it that the action uid can traverse)."""
         self.bwrap = bwrap
         self.unshare_net = unshare_net
         self.disable_userns = disable_userns
         self.user = user
         self.setpriv = setpriv
+        self.views = views
         self.paths = tuple(dict.fromkeys([*SYSTEM_PATHS, *etc_paths(), *extra_paths]))
         self.network_modes = NETWORK_VALUES if unshare_net else ("standard",)
+        self._system_args: tuple[list[str], float] | None = None
+        self.force_launcher = False  # for tests and the probe: always take the two-step path
+
+    def with_views(self, views: tuple[tuple[str, str], ...]) -> Bubblewrap:
+        box = Bubblewrap(self.bwrap, (), self.unshare_net, self.user, self.setpriv, self.disable_userns, views)
+        box.paths, box.network_modes = self.paths, self.network_modes
+        return box
 
     def _system(self) -> list[str]:
-        args: list[str] = []
-        for p in self.paths:
-            if os.path.islink(p):
-                args += ["--symlink", os.readlink(p), p]
-            elif os.path.isdir(p) or os.path.isfile(p):
-                args += ["--ro-bind", p, p]
-        return args
+        """The system paths' arguments, re-read every SYSTEM_REFRESH seconds (they were ~10% of
+        the worker's CPU per action when stat'ed each time)."""
+        now = time.monotonic()
+        if self._system_args is None or now - self._system_args[1] > SYSTEM_REFRESH:
+            args: list[str] = []
+            for p in self.paths:
+                if os.path.islink(p):
+                    args += ["--symlink", os.readlink(p), p]
+                elif os.path.isdir(p) or os.path.isfile(p):
+                    args += ["--ro-bind", p, p]
+            self._system_args = (args, now)
+        return list(self._system_args[0])
+
+    def _setpriv(self) -> list[str]:
+        assert self.user is not None and self.setpriv is not None
+        return [self.setpriv, "--reuid", str(self.user.uid), "--regid", str(self.user.gid), "--clear-groups",
+                "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+
+    def _source(self, root: Path) -> str | None:
+        """Where the action uid's bubblewrap finds the input root (None: out of its reach)."""
+        if self.user is None:
+            return str(root)
+        if self.force_launcher:
+            return None
+        path = str(root)
+        candidates = [alias + path[len(real):] for real, alias in self.views
+                      if path == real or path.startswith(real + "/")] + [path]
+        for c in candidates:
+            if reachable(c, self.user):
+                return c
+        return None
 
     def _launcher(self, root: Path) -> list[str]:
         """Root's part: show the system and the input root where the action uid can reach them, drop to it."""
@@ -172,8 +214,7 @@ class Bubblewrap:
             "--tmpfs", "/tmp",  # where the inner bwrap mounts its new root
             "--bind", str(root), LAUNCHER_INPUT,
             "--",
-            self.setpriv, "--reuid", str(self.user.uid), "--regid", str(self.user.gid), "--clear-groups",
-            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+            *self._setpriv(),
         ]
 
     def _namespaces(self, network: bool, env_fd: int) -> list[str]:
@@ -187,14 +228,19 @@ class Bubblewrap:
             "--cap-drop", "ALL",
         ]
 
-    def _input(self, root: Path) -> str:
-        return LAUNCHER_INPUT if self.user is not None else str(root)
+    def _start(self, root: Path) -> tuple[list[str], str]:
+        """What runs before the action's bubblewrap, and where that finds the input root."""
+        source = self._source(root)
+        if source is None:
+            return self._launcher(root), LAUNCHER_INPUT
+        return (self._setpriv() if self.user is not None else []), source
 
     def wrap_image(self, argv: list[str], root: Path, cwd: str, network: bool = False, env_fd: int = -1) -> list[str]:
+        start, source = self._start(root)
         return [
-            *self._launcher(root),
+            *start,
             *self._namespaces(network, env_fd),
-            "--bind", self._input(root), "/",
+            "--bind", source, "/",
             "--proc", "/proc",
             "--dev", "/dev",
             "--chdir", "/" + cwd,
@@ -203,18 +249,42 @@ class Bubblewrap:
         ]
 
     def wrap(self, argv: list[str], root: Path, cwd: Path, network: bool = False, env_fd: int = -1) -> list[str]:
+        start, source = self._start(root)
         return [
-            *self._launcher(root),
+            *start,
             *self._namespaces(network, env_fd),
             *self._system(),
             "--proc", "/proc",
             "--dev", "/dev",
             "--tmpfs", "/tmp",
-            "--bind", self._input(root), str(root),
+            "--bind", source, str(root),
             "--chdir", str(cwd),
             "--",
             *argv,
         ]
+
+
+def reachable(path: str, user: ActionUser) -> bool:
+    """Whether `user` (no supplementary groups) can reach `path`: search permission on every
+    directory above it, none of them a symlink (bubblewrap resolves the path as that uid)."""
+    parts = path.rstrip("/").split("/")
+    for i in range(1, len(parts)):
+        parent = "/".join(parts[:i]) or "/"
+        try:
+            st = os.lstat(parent)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+        if st.st_uid == user.uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == user.gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
 
 
 def _ancestors(path: str) -> list[str]:
@@ -223,16 +293,26 @@ def _ancestors(path: str) -> list[str]:
 
 
 def _probe(box: Bubblewrap) -> str:
-    """'' when the sandbox runs /bin/sh here, else why not."""
-    with tempfile.TemporaryDirectory(prefix="granary-bwrap-probe-") as d:
-        if box.user is not None:
-            os.chown(d, box.user.uid, box.user.gid)
-        argv = box.wrap(["/bin/sh", "-c", "exit 0"], Path(d), Path(d))
-        try:
-            r = subprocess.run(argv, check=False, capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return str(e)
-        return "" if r.returncode == 0 else r.stderr.decode(errors="replace").strip() or f"exit {r.returncode}"
+    """'' when the sandbox runs /bin/sh here, else why not (for a root worker: both the direct
+    start and the launcher, whichever an input root will need)."""
+    for launcher in ((False, True) if box.user is not None else (False,)):
+        with tempfile.TemporaryDirectory(prefix="granary-bwrap-probe-") as d:
+            if box.user is not None:
+                os.chmod(d, 0o700)
+                os.chown(d, box.user.uid, box.user.gid)
+            box.force_launcher = launcher
+            try:
+                argv = box.wrap(["/bin/sh", "-c", "exit 0"], Path(d), Path(d))
+            finally:
+                box.force_launcher = False
+            try:
+                r = subprocess.run(argv, check=False, capture_output=True, timeout=30,
+                                   env={"PATH": "/usr/bin:/bin"})
+            except (OSError, subprocess.TimeoutExpired) as e:
+                return str(e)
+            if r.returncode != 0:
+                return r.stderr.decode(errors="replace").strip() or f"exit {r.returncode}"
+    return ""
 
 
 def default_user() -> ActionUser | None:
