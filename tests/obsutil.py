@@ -62,6 +62,30 @@ def scrape(base: str, headers: dict[str, str] | None = None) -> Metrics:
     return Metrics(body)
 
 
+def scrape_until(base: str, ready, headers: dict[str, str] | None = None, timeout: float = 30) -> Metrics:
+    """Scrape until `ready(metrics)` holds: each server process writes its counts out every second,
+    so a scrape answered by one process may miss another's last second."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = scrape(base, headers)
+        if ready(m) or time.monotonic() > deadline:
+            return m
+        time.sleep(0.2)
+
+
+def settled(base: str, names: tuple[str, ...], timeout: float = 60) -> Metrics:
+    """A scrape once the totals of `names` stopped moving: equal in two scrapes more than a flush
+    interval (1 s) apart, so every server process has written its counts out."""
+    deadline = time.monotonic() + timeout
+    last = scrape(base)
+    while True:
+        time.sleep(1.5)
+        m = scrape(base)
+        if all(m.total(n) == last.total(n) for n in names) or time.monotonic() > deadline:
+            return m
+        last = m
+
+
 def pids_in(lines: Iterable[str], marker: str) -> set[str]:
     """The process ids of text log lines (`TIME PID LOGGER LEVEL MESSAGE`) that contain marker."""
     out = set()

@@ -16,7 +16,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from obsutil import get, http_url, pids_in, scrape
+from obsutil import get, http_url, pids_in, scrape, scrape_until
 from reapi import digest
 from rwapi import ExecClient, Stream
 from serverutil import start_granary
@@ -85,9 +85,10 @@ def test_metrics_count_known_calls_summed_over_two_processes(tmp_path):
         lines = server.log.read_text().splitlines()
         assert len(pids_in(lines, "ActionCache/GetActionResult")) == 2, "both server processes must serve calls"
 
+        call = "granary_grpc_requests_total"
+        scrape_until(base, lambda m: m.total(call, method="Read") == n)  # both processes wrote their counts
         for _ in range(4):  # any process answers a scrape, each with the sum of both
             m = scrape(base)
-            call = "granary_grpc_requests_total"
             assert m.total(call, method="BatchUpdateBlobs", code="OK") == n
             assert m.total(call, method="GetActionResult", code="NOT_FOUND") == n
             assert m.total(call, method="GetActionResult", code="OK") == n
@@ -115,6 +116,12 @@ def test_metrics_count_known_calls_summed_over_two_processes(tmp_path):
     assert server.proc.returncode == 0, server.log.read_text()
 
 
+def test_the_interceptor_buckets_latency_like_the_histogram():
+    from granary.observability import interceptor, metrics
+
+    assert interceptor.LATENCY_BOUNDS == metrics.LATENCY_BUCKETS
+
+
 def test_instance_labels_are_bounded(tmp_path):
     config = CACHE + "http: {max_instance_labels: 2}\n"
     server = start_granary(tmp_path, config)
@@ -125,8 +132,8 @@ def test_instance_labels_are_bounded(tmp_path):
                 with pytest.raises(grpc.RpcError):
                     ac.GetActionResult(re_pb2.GetActionResultRequest(instance_name=name,
                                                                      action_digest=digest(b"x")), timeout=30)
-        m = scrape(http_url(server))
         call = "granary_grpc_requests_total"
+        m = scrape_until(http_url(server), lambda m: m.total(call, method="GetActionResult") == 6)
         assert m.label_values(call, "instance") == {"team/linux", "a", "b", "(other)"}
         assert m.total(call, instance="(other)") == 2
         assert m.total(call, instance="team/linux") == 2
@@ -283,7 +290,8 @@ def test_no_request_lines_below_info(tmp_path):
     try:
         with grpc.insecure_channel(server.address) as ch:
             re_grpc.CapabilitiesStub(ch).GetCapabilities(re_pb2.GetCapabilitiesRequest(), timeout=30)
-        assert scrape(http_url(server)).total("granary_grpc_requests_total", method="GetCapabilities") == 1
+        m = scrape_until(http_url(server), lambda m: m.total("granary_grpc_requests_total", method="GetCapabilities"))
+        assert m.total("granary_grpc_requests_total", method="GetCapabilities") == 1
         assert "granary.requests" not in server.log.read_text()
     finally:
         server.stop()
@@ -375,7 +383,8 @@ auth:
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
             reply = next(stub.ServerReflectionInfo(iter([ask]), metadata=[alice], timeout=30))
             assert f"{RE}.ActionCache" in {s.name for s in reply.list_services_response.service}
-        m = scrape(base, {"Authorization": alice[1]})
+        m = scrape_until(base, lambda m: m.total("granary_grpc_requests_total", method="ServerReflectionInfo") == 2,
+                         {"Authorization": alice[1]})
         assert m.total("granary_grpc_requests_total", method="ServerReflectionInfo", code="UNAUTHENTICATED") == 1
     finally:
         server.stop()

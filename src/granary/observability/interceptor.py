@@ -20,6 +20,7 @@ import asyncio
 import inspect
 import json
 import logging
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from time import perf_counter
@@ -38,6 +39,9 @@ OTHER = "(other)"  # instance names past max_instance_labels
 OK = grpc.StatusCode.OK
 CANCELLED = grpc.StatusCode.CANCELLED
 UNKNOWN = grpc.StatusCode.UNKNOWN
+# latency buckets (metrics.LATENCY_BUCKETS; repeated here so that request logs alone need no prometheus_client)
+LATENCY_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                  60.0, 300.0)
 
 
 class _Call:
@@ -191,7 +195,7 @@ class Method:
         self.service, _, self.name = path[1:].partition("/")
         self.short = f"{self.service.rpartition('.')[2]}/{self.name}"
         self.instance_of = instance_reader(path)
-        self._children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any, Any, Any]] = {}
+        self._children: dict[tuple[str, grpc.StatusCode], Any] = {}
 
     def read_instance(self, request: Any) -> str:
         try:
@@ -206,27 +210,18 @@ class Method:
         if code is None:
             code = OK
         if observer.metrics is not None:
-            key = (call.instance or "", code)
-            children = self._children.get(key)
-            if children is None:
-                children = self._labelled(observer.instances.label(call.instance), code)
-                if len(self._children) < 4096:
-                    self._children[key] = children
-            requests, latency, received, sent = children
-            requests.inc()
-            latency.observe(elapsed)
-            if call.received:
-                received.inc(call.received)
-            if call.sent:
-                sent.inc(call.sent)
+            key = (observer.instances.label(call.instance), code)  # bounded: so is this cache
+            tally = self._children.get(key)
+            if tally is None:  # kept: its counts are written out later (metrics.PENDING)
+                tally = self._children[key] = observer.metrics.PENDING.calls(
+                    self.service, self.name, key[0], code.name)
+            tally.counts[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
+            tally.total += elapsed
+            tally.received += call.received
+            tally.sent += call.sent
+            tally.dirty = True
         if observer.logging:
             self._log(call, code, elapsed, context)
-
-    def _labelled(self, instance: str, code: grpc.StatusCode) -> tuple[Any, Any, Any, Any]:
-        m = self._observer.metrics
-        labels = (self.service, self.name, instance)
-        return (m.REQUESTS.labels(*labels, code.name), m.LATENCY.labels(*labels, code.name),
-                m.RECEIVED.labels(*labels), m.SENT.labels(*labels))
 
     def _log(self, call: _Call, code: grpc.StatusCode, elapsed: float, context: Any) -> None:
         md = request_metadata(context) if context is not None else None

@@ -65,10 +65,11 @@ class MeteredBlobStore(BlobStore):
         self.name = inner.name
         self.supports_delete = inner.supports_delete
         self.supports_listing = inner.supports_listing
-        self._read_bytes = metrics.CAS_READ_BYTES.labels(store)
-        self._read_blobs = metrics.CAS_READ_BLOBS.labels(store)
-        self._written_bytes = metrics.CAS_WRITTEN_BYTES.labels(store)
-        self._written_blobs = metrics.CAS_WRITTEN_BLOBS.labels(store)
+        pending = metrics.PENDING  # counted in the process, written out every second
+        self._read_bytes = pending.counter(metrics.CAS_READ_BYTES.labels(store))
+        self._read_blobs = pending.counter(metrics.CAS_READ_BLOBS.labels(store))
+        self._written_bytes = pending.counter(metrics.CAS_WRITTEN_BYTES.labels(store))
+        self._written_blobs = pending.counter(metrics.CAS_WRITTEN_BLOBS.labels(store))
 
     def __getattr__(self, name: str) -> Any:  # max_bytes, backlog, flush...
         return getattr(self.inner, name)
@@ -241,9 +242,7 @@ class MeteredActionCache:
 
     def __init__(self, inner: Any, instance: str, metrics: Any):
         self.inner = inner
-        self._hits = metrics.AC_HITS.labels(instance)
-        self._misses = metrics.AC_MISSES.labels(instance)
-        self._updates = metrics.AC_UPDATES.labels(instance)
+        self._hits, self._misses, self._updates = metrics.ac_counters(instance)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -9,6 +9,8 @@ gauges are `livesum`, the sum over the processes alive. What the queue database 
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # gRPC calls: from 0.5 ms (a cache hit) to 5 minutes (a long Execute stream)
@@ -58,3 +60,128 @@ JOBS_COMPLETED = Counter("granary_execution_jobs_completed", "Jobs workers finis
                          ["queue", "outcome"])
 WORKERS_LOST = Counter("granary_workers_lost",
                        "Worker sessions dropped because they stopped answering (their jobs were re-queued).")
+
+
+# ---- counts kept in the process, written out in batches ------------------------------------------
+#
+# A prometheus_client write in multiprocess mode takes a lock and writes the mmap'd file: several
+# microseconds (an observation is two writes). The hot paths (every gRPC call, every cache lookup)
+# count into plain attributes instead, and `PENDING.flush()` (every second, before this process
+# answers a scrape, and when it stops) writes what accumulated. A scrape answered by another
+# process may therefore miss this process's last second.
+
+
+class PendingCounter:
+    __slots__ = ("_child", "n")
+
+    def __init__(self, child: object):
+        self._child = child
+        self.n = 0
+
+    def inc(self, amount: float = 1) -> None:
+        self.n += amount
+
+    def flush(self) -> None:
+        if self.n:
+            n, self.n = self.n, 0
+            self._child.inc(n)  # type: ignore[attr-defined]
+
+
+class PendingHistogram:
+    __slots__ = ("_bounds", "_child", "counts", "dirty", "total")
+
+    def __init__(self, child: object):
+        self._child = child
+        self._bounds = tuple(child._upper_bounds[:-1])  # type: ignore[attr-defined]  # without +Inf
+        self.counts = [0] * (len(self._bounds) + 1)
+        self.total = 0.0
+        self.dirty = False
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.total += amount
+        self.dirty = True
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        counts, total = self.counts, self.total
+        self.counts, self.total, self.dirty = [0] * len(counts), 0.0, False
+        child = self._child
+        child._sum.inc(total)  # type: ignore[attr-defined]  # what Histogram.observe writes, batched
+        for bucket, n in zip(child._buckets, counts, strict=True):  # type: ignore[attr-defined]
+            if n:
+                bucket.inc(n)
+
+
+class PendingCalls:
+    """The gRPC calls of one (service, method, instance, code): count, latency buckets, bytes in and
+    out, with one object so that a call costs a few attribute updates."""
+
+    __slots__ = ("_children", "counts", "dirty", "received", "sent", "total")
+    bounds = LATENCY_BUCKETS
+
+    def __init__(self, service: str, method: str, instance: str, code: str):
+        self._children = (REQUESTS.labels(service, method, instance, code),
+                          LATENCY.labels(service, method, instance, code),
+                          RECEIVED.labels(service, method, instance), SENT.labels(service, method, instance))
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+        self.received = 0
+        self.sent = 0
+        self.dirty = False
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        counts, total, received, sent = self.counts, self.total, self.received, self.sent
+        self.counts, self.total, self.received, self.sent, self.dirty = [0] * len(counts), 0.0, 0, 0, False
+        requests, latency, received_child, sent_child = self._children
+        requests.inc(sum(counts))
+        latency._sum.inc(total)  # what Histogram.observe writes, batched
+        for bucket, n in zip(latency._buckets, counts, strict=True):
+            if n:
+                bucket.inc(n)
+        if received:
+            received_child.inc(received)
+        if sent:
+            sent_child.inc(sent)
+
+
+class Pending:
+    def __init__(self) -> None:
+        self._items: list[PendingCounter | PendingHistogram | PendingCalls] = []
+
+    def calls(self, service: str, method: str, instance: str, code: str) -> PendingCalls:
+        item = PendingCalls(service, method, instance, code)
+        self._items.append(item)
+        return item
+
+    def counter(self, child: object) -> PendingCounter:
+        item = PendingCounter(child)
+        self._items.append(item)
+        return item
+
+    def histogram(self, child: object) -> PendingHistogram:
+        item = PendingHistogram(child)
+        self._items.append(item)
+        return item
+
+    def flush(self) -> None:
+        for item in self._items:
+            item.flush()
+
+
+PENDING = Pending()
+
+_AC_COUNTERS: dict[str, tuple[PendingCounter, PendingCounter, PendingCounter]] = {}
+
+
+def ac_counters(instance: str) -> tuple[PendingCounter, PendingCounter, PendingCounter]:
+    """(hits, misses, updates) of an instance label, made once per label."""
+    made = _AC_COUNTERS.get(instance)
+    if made is None:
+        made = _AC_COUNTERS[instance] = (PENDING.counter(AC_HITS.labels(instance)),
+                                         PENDING.counter(AC_MISSES.labels(instance)),
+                                         PENDING.counter(AC_UPDATES.labels(instance)))
+    return made

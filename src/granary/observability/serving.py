@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from granary.observability.grpc_services import HealthAndReflection
     from granary.observability.http import HttpPort
 
-SAMPLE_EVERY = 2.0  # seconds between updates of this process's live gauges
+SAMPLE_EVERY = 1.0  # seconds between updates of this process's live gauges and writes of its counts
 
 
 class Observability:
@@ -104,10 +104,16 @@ class Observability:
                 await self._sampling
         if self._http is not None:
             await self._http.close()
+        if self.metrics is not None:
+            self.metrics.PENDING.flush()  # the last calls' counts
+
+    def _sample(self) -> None:
+        self.sampler.sample()
+        self.metrics.PENDING.flush()
 
     async def _sample_forever(self) -> None:
         while True:
-            self.sampler.sample()
+            self._sample()
             await asyncio.sleep(SAMPLE_EVERY)
 
     async def render_metrics(self) -> bytes:
@@ -117,7 +123,7 @@ class Observability:
         from granary.observability.collector import Families
         from granary.observability.runarea import forget_dead_processes
 
-        self.sampler.sample()
+        self._sample()
         families = await self.collector.gather()
         path = os.environ.get(METRICS_DIR_ENV)
 
