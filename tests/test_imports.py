@@ -40,6 +40,7 @@ NOT_IN_SUPERVISOR = (
     "granary.server", "granary.bootstrap", "granary.storage_builder", "granary.services",
     "granary.cas", "granary.actioncache", "granary.execution.farm", "granary.execution.jobqueue",
     "granary.execution.scheduler", "granary.worker.main", "granary.worker.inputs",
+    "aiohttp", "prometheus_client", "granary.observability.serving", "granary.observability.metrics",
 )
 # A worker speaks the Remote Workers API to a server; the server's queue, stores and
 # configuration models are not its business.
@@ -49,6 +50,7 @@ NOT_IN_WORKER = (
     "granary.cas", "granary.actioncache", "granary.execution.farm", "granary.execution.jobqueue",
     "granary.execution.scheduler", "granary.execution.botsessions", "granary.execution.operations",
     "granary.services.bots_service", "granary.services.execution_service", "granary.supervisor",
+    "aiohttp", "prometheus_client", "granary.observability.runarea", "granary.observability.serving",
 )
 
 # A server loads the client libraries of the backends it is configured with, and no others:

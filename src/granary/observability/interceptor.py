@@ -138,7 +138,7 @@ class InstanceLabels:
     """Instance names -> metric label values, bounded (see the module docstring)."""
 
     def __init__(self, configured: Iterable[str], wildcard: bool, limit: int):
-        self._labels = {name: name for name in configured}
+        self.known = self._labels = {name: name for name in configured}  # name -> label, read directly
         self._wildcard = wildcard
         self._room = limit
 
@@ -210,7 +210,10 @@ class Method:
         if code is None:
             code = OK
         if observer.metrics is not None:
-            key = (observer.instances.label(call.instance), code)  # bounded: so is this cache
+            label = observer.instances.known.get(call.instance)  # type: ignore[arg-type]
+            if label is None:
+                label = observer.instances.label(call.instance)
+            key = (label, code)  # labels are bounded: so is this cache
             tally = self._children.get(key)
             if tally is None:  # kept: its counts are written out later (metrics.PENDING)
                 tally = self._children[key] = observer.metrics.PENDING.calls(
