@@ -27,6 +27,7 @@ from granary._proto.google.bytestream import bytestream_pb2 as bs_pb2
 from granary._proto.google.bytestream import bytestream_pb2_grpc as bs_grpc
 
 LISTEN_RE = re.compile(r"grpc://([0-9.]+):(\d+)")
+METRICS_RE = re.compile(r"(http://[0-9.]+:\d+)/metrics")
 START_TIMEOUT = 120.0
 EXECUTE_TIMEOUT = 180.0
 
@@ -44,7 +45,7 @@ def digest(data: bytes) -> re_pb2.Digest:
     return re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
 
 
-def start_server(data_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(data_dir: Path, log: Path) -> tuple[subprocess.Popen, str, str]:
     cmd = [sys.executable, "-m", "granary", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
     logf = open(log, "wb")  # noqa: SIM115 - kept open by the pump thread until the server exits
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, start_new_session=True)
@@ -56,8 +57,10 @@ def start_server(data_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
             logf.write(line)
             logf.flush()
             m = LISTEN_RE.search(line.decode(errors="replace"))
+            http = METRICS_RE.search(line.decode(errors="replace"))
             if m and not found:
                 found.append(f"{m.group(1)}:{m.group(2)}")
+                found.append(http.group(1) if http else "")
         logf.close()
 
     threading.Thread(target=pump, daemon=True).start()
@@ -68,7 +71,7 @@ def start_server(data_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
         if time.monotonic() > deadline:
             raise SmokeFailure(f"granary serve did not announce its port within {START_TIMEOUT:g}s")
         time.sleep(0.05)
-    return proc, found[0]
+    return proc, found[0], found[1]
 
 
 def stop_server(proc: subprocess.Popen) -> int:
@@ -139,20 +142,39 @@ def execute_action(channel: grpc.Channel) -> None:
     check(data == f"smoke-{token}\n".encode(), f"the output file holds {data!r}")
 
 
+def observability(channel: grpc.Channel, http: str) -> None:
+    """grpc.health.v1 says SERVING; the HTTP port answers /readyz and /metrics counts our calls."""
+    import urllib.request
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30).status
+    check(status == health_pb2.HealthCheckResponse.SERVING, f"grpc.health.v1 says {status}")
+    check(bool(http), "granary serve did not announce its metrics URL")
+    with urllib.request.urlopen(f"{http}/readyz", timeout=30) as r:
+        check(r.status == 200, f"/readyz answered {r.status}")
+    with urllib.request.urlopen(f"{http}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    check('method="Execute"' in text and "granary_cas_written_blobs_total" in text,
+          f"/metrics lacks the calls made: {text[:2000]}")
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="granary-smoke-") as tmp:
         log = Path(tmp) / "serve.log"
         proc = None
         try:
-            proc, address = start_server(Path(tmp) / "data", log)
+            proc, address, http = start_server(Path(tmp) / "data", log)
             with grpc.insecure_channel(address) as channel:
                 cas_round_trip(channel)
                 print("smoke: CAS upload, FindMissingBlobs and read back: ok", flush=True)
                 execute_action(channel)
                 print("smoke: Execute of a tiny action with its output: ok", flush=True)
+                observability(channel, http)
+                print("smoke: gRPC health, /readyz and /metrics: ok", flush=True)
             code = stop_server(proc)
             check(code == 0, f"granary serve exited with {code} after SIGTERM")
-        except (SmokeFailure, grpc.RpcError) as e:
+        except (SmokeFailure, grpc.RpcError, OSError) as e:
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()

@@ -42,6 +42,7 @@ runpy.run_module("granary", run_name="__main__", alter_sys=True)
 NOT_IN_SUPERVISOR = (
     "granary.worker.main", "granary.worker.inputs", "granary.worker.execute", "granary.worker.bot",
     "granary.worker.sandbox",
+    "aiohttp", "prometheus_client", "granary.observability.http", "granary.observability.metrics",
 )
 PRELOADED_IN_SUPERVISOR = {
     "grpc", "google.protobuf", "uvloop", "sqlalchemy", "granary.server", "granary.bootstrap",
@@ -55,6 +56,7 @@ NOT_IN_WORKER = (
     "granary.cas", "granary.actioncache", "granary.execution.farm", "granary.execution.jobqueue",
     "granary.execution.scheduler", "granary.execution.botsessions", "granary.execution.operations",
     "granary.services.bots_service", "granary.services.execution_service", "granary.supervisor",
+    "aiohttp", "prometheus_client", "granary.observability.runarea", "granary.observability.serving",
 )
 
 # A server loads the client libraries of the backends it is configured with, and no others:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NoReturn
 from granary import __version__, cleanup_cli, config_cli
 from granary.auth import cli as auth_cli
 from granary.errors import ConfigError
+from granary.observability import logs
 from granary.worker import cli as worker_cli
 from granary.writable_dir import ensure_writable_dir
 
@@ -43,6 +44,7 @@ def _serve_parser(sub) -> None:
     p.add_argument("--data-dir", type=Path, help="where relative store paths live (default ~/.local/share/granary)")
     p.add_argument("--processes", type=int, help="server processes sharing the port (default: one per core)")
     p.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    p.add_argument("--log-format", default="text", help="text (default) or json: one JSON object per line")
     p.add_argument("--allow-unauthenticated-network-access", action="store_true",
                    help="listen beyond loopback although no authentication (auth:) is configured:"
                    " anyone who reaches the port can read, write and execute")
@@ -80,6 +82,7 @@ def _load(args) -> Config:
 
 def cmd_serve(args) -> int:
     from granary import supervisor
+    from granary.observability import runarea
 
     cfg = _load(args)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -89,6 +92,7 @@ def cmd_serve(args) -> int:
             " use disk stores or processes: 1"
         )
     processes = cfg.processes or supervisor.default_processes(cfg)
+    observability = runarea.prepare(cfg, args.allow_unauthenticated_network_access or cfg.allow_unauthenticated)  # before servers start
     from granary.execution.localworkers import LocalWorkers
 
     workers = LocalWorkers(cfg)
@@ -104,7 +108,7 @@ def cmd_serve(args) -> int:
         workers.start(port)
         print(
             f"granary: serving REAPI on {scheme}://{cfg.host}:{port} with {processes} process"
-            f"{'es' if processes > 1 else ''}; data in {cfg.data_dir}",
+            f"{'es' if processes > 1 else ''}; data in {cfg.data_dir}{observability.announce()}",
             flush=True,
         )
 
@@ -136,10 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        logging.basicConfig(
-            level=log_level(str(getattr(args, "log_level", "warning"))),
-            format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
-        )
+        logs.configure(log_level(str(getattr(args, "log_level", "warning"))), getattr(args, "log_format", "text"))
         if args.command == "serve":
             return cmd_serve(args)
         if args.command == "cleanup":

@@ -41,6 +41,7 @@ from granary.config_models import (
     TAG,
     ExecutionConfig,
     GranaryConfig,
+    HttpSection,
     InstanceSection,
     ServerSection,
     Shard,
@@ -117,6 +118,7 @@ class Config:
     auth: AuthSettings | None = None  # None: no authentication, every call allowed
     tls: TlsSettings | None = None  # None: plain gRPC
     allow_unauthenticated: bool = False  # listen beyond loopback without auth
+    http: HttpSection = field(default_factory=HttpSection, compare=False)  # the HTTP port (metrics, health)
     file: GranaryConfig | None = field(default=None, compare=False, repr=False)  # as validated
 
     def resolve_path(self, p: str) -> Path:
@@ -231,7 +233,7 @@ def _build(file: GranaryConfig, data_dir: Path) -> Config:
         data_dir=Path(os.path.expanduser(server.data_dir)) if server.data_dir else data_dir,
         host=host, port=port, processes=server.processes, max_batch_size=server.max_batch_size,
         drain_timeout=server.drain_timeout, server=server, execution=file.execution, file=file,
-        auth=file.auth, tls=server.tls, allow_unauthenticated=server.allow_unauthenticated,
+        auth=file.auth, tls=server.tls, allow_unauthenticated=server.allow_unauthenticated, http=file.http,
     )
     cfg.storage = {name: _spec(store, f"storage.{name}") for name, store in file.storage.items()}
     cfg.action_caches = {name: _spec(store, f"action_caches.{name}") for name, store in file.action_caches.items()}

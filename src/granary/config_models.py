@@ -30,6 +30,7 @@ from pydantic import (
 from granary.auth.settings import AuthSettings, TlsSettings
 from granary.config_values import (
     AutoCount,
+    AutoListen,
     AutoPositive,
     Count,
     Duration,
@@ -423,6 +424,29 @@ class ServerSection(Section):
         False, description="Listen beyond loopback without `auth:` (same as --allow-unauthenticated-network-access).")
 
 
+class HttpSection(Section):
+    """The HTTP port beside gRPC: /metrics (Prometheus), /healthz, /readyz (docs/observability.md)."""
+
+    enabled: Flag = Field(True, description="Serve the HTTP port; false: no HTTP port and no metrics are kept.")
+    listen: AutoListen = Field(
+        "auto", description="HOST:PORT of the HTTP port; auto: the host of server.listen and its port + 1"
+                            " (a free port when that port is 0).")
+    metrics_public: Flag = Field(
+        False, description="With auth: configured, serve /metrics without credentials too (e.g. to a scraper"
+                           " on a private network); /healthz and /readyz never need any.")
+    ready_timeout: Duration = Field(
+        2.0, description="How long /readyz waits for each store and the queue database before it says not ready.")
+    max_instance_labels: Positive = Field(
+        100, description="Instance names that get their own metrics label per server process (configured names"
+                         " always do); further names the wildcard answers are counted as (other).")
+
+    @model_validator(mode="after")
+    def _positive_timeout(self) -> HttpSection:
+        if self.ready_timeout <= 0:
+            raise problem("must be above 0", key="ready_timeout")
+        return self
+
+
 class InstanceSection(Section):
     """One REAPI instance name and the stores that serve it."""
 
@@ -534,6 +558,8 @@ class GranaryConfig(Section):
         None, description="Remote execution; instances execute unless they say `execution: false`.")
     auth: AuthSettings | None = Field(
         None, description="Authentication and per-instance permissions (docs/security.md); absent: no checks.")
+    http: HttpSection = Field(
+        default_factory=HttpSection, description="The HTTP port: metrics, health and readiness (docs/observability.md).")
 
     @model_validator(mode="before")
     @classmethod

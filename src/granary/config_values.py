@@ -212,6 +212,20 @@ Listen = Annotated[str, BeforeValidator(_listen),
                    WithJsonSchema({"type": "string", "pattern": r"^.+:\d{1,5}$", "examples": ["127.0.0.1:8980"]})]
 
 
+def _auto_listen(value: Any) -> str:
+    if value == "auto":
+        return value
+    try:
+        listen_address(value)
+    except PydanticCustomError:
+        raise problem(f"expected auto or HOST:PORT such as 127.0.0.1:8981, got {value!r}") from None
+    return value
+
+
+AutoListen = Annotated[str, BeforeValidator(_auto_listen), WithJsonSchema(
+    {"anyOf": [{"const": "auto"}, {"type": "string", "pattern": r"^.+:\d{1,5}$"}], "examples": ["127.0.0.1:8981"]})]
+
+
 def fraction_value(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise problem(f"expected a number above 0 and at most 1, got {value!r}")

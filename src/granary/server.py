@@ -34,6 +34,7 @@ from granary.auth.tls import server_credentials
 from granary.bootstrap import build_app
 from granary.config import Config
 from granary.errors import ConfigError
+from granary.observability.serving import Observability
 from granary.services.ac_service import ActionCacheService
 from granary.services.bytestream_service import ByteStreamService
 from granary.services.capabilities_service import CapabilitiesService
@@ -169,7 +170,9 @@ def add_local_worker_socket(server: grpc.aio.Server, cfg: Config) -> None:
     log.debug("local worker socket %s is served by another server process", socket)
 
 
-def add_execution_services(server: grpc.aio.Server, app, policy: Policy | None = None) -> None:
+def add_execution_services(server: grpc.aio.Server, app, policy: Policy | None = None, instances=None) -> list[str]:
+    """Execution, Operations and Bots; -> their service names. `instances`: what Execute looks
+    actions up in (default the app's)."""
     from google.longrunning import operations_pb2
 
     from granary._proto.google.devtools.remoteworkers.v1test2 import bots_pb2
@@ -179,12 +182,13 @@ def add_execution_services(server: grpc.aio.Server, app, policy: Policy | None =
 
     farm = app.execution
     execution = re_pb2.DESCRIPTOR.services_by_name["Execution"]
+    operations = operations_pb2.DESCRIPTOR.services_by_name["Operations"]
+    bots = bots_pb2.DESCRIPTOR.services_by_name["Bots"]
     callers = operation_callers(policy)
-    add_servicer(server, ExecutionService(app.instances, farm.scheduler, callers), execution)
-    add_servicer(
-        server, OperationsService(farm.scheduler, callers), operations_pb2.DESCRIPTOR.services_by_name["Operations"]
-    )
-    add_servicer(server, BotsService(farm.bots), bots_pb2.DESCRIPTOR.services_by_name["Bots"])
+    add_servicer(server, ExecutionService(instances or app.instances, farm.scheduler, callers), execution)
+    add_servicer(server, OperationsService(farm.scheduler, callers), operations)
+    add_servicer(server, BotsService(farm.bots), bots)
+    return [execution.full_name, operations.full_name, bots.full_name]
 
 
 async def drain(
@@ -225,18 +229,24 @@ async def serve(
     credentials = server_credentials(cfg.tls.files(cfg.data_dir)) if cfg.tls is not None else None
     app = build_app(cfg)
     gate = DrainGate()
-    # Auth answers first: a caller without credentials gets UNAUTHENTICATED, never learns that we drain.
-    interceptors: list[grpc.aio.ServerInterceptor] = [gate] if auth is None else [auth.interceptor(), gate]
+    obs = Observability(cfg, app, auth, lambda: gate.draining)
+    # Observability sees every call first (refused ones too); then auth answers: a caller without
+    # credentials gets UNAUTHENTICATED, never learns that we drain.
+    interceptors: list[grpc.aio.ServerInterceptor] = obs.interceptors()
+    interceptors += [gate] if auth is None else [auth.interceptor(), gate]
     server = grpc.aio.server(options=grpc_options(cfg, reuse_port), interceptors=interceptors)
     instances = app.instances
     re_services = re_pb2.DESCRIPTOR.services_by_name
     client_key = identity_or_peer if auth is not None else peer_host
     add_servicer(server, CasService(instances), re_services["ContentAddressableStorage"])
-    add_servicer(server, ActionCacheService(instances), re_services["ActionCache"])
+    add_servicer(server, ActionCacheService(obs.instances), re_services["ActionCache"])
     add_servicer(server, CapabilitiesService(instances), re_services["Capabilities"])
     add_servicer(server, ByteStreamService(instances, client_key), bs_pb2.DESCRIPTOR.services_by_name["ByteStream"])
+    services = [re_services[n].full_name for n in ("ContentAddressableStorage", "ActionCache", "Capabilities")]
+    services.append(bs_pb2.DESCRIPTOR.services_by_name["ByteStream"].full_name)
     if app.execution is not None:
-        add_execution_services(server, app, auth.policy if auth is not None else None)
+        services += add_execution_services(server, app, auth.policy if auth is not None else None, obs.instances)
+    obs.add_grpc_services(server, services)
     address = f"[{cfg.host}]:{port}" if ":" in cfg.host else f"{cfg.host}:{port}"
     try:
         bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
@@ -246,6 +256,12 @@ async def serve(
         raise ConfigError(f"cannot listen on {address} (address in use?)")
     add_local_worker_socket(server, cfg)
     await server.start()
+    try:
+        await obs.start()
+    except BaseException:
+        await server.stop(None)
+        await obs.close()
+        raise
     tasks = [asyncio.ensure_future(cas.uploads.run_expiry()) for cas in app.cas_by_store.values()]
     tasks += [asyncio.ensure_future(j.run()) for j in app.janitors if j.interval]
     if app.execution is not None:
@@ -256,8 +272,10 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     on_ready(bound)
     await stop.wait()
+    await obs.begin_draining()
     await drain(gate, app.execution, workers, cfg.drain_timeout)
     await server.stop(grace=STOP_GRACE)
+    await obs.close()
     for t in tasks:
         t.cancel()
     await app.close()

@@ -113,6 +113,7 @@ METHOD_RULES: dict[str, MethodRule] = {
     _BOTS + "PostBotEventTemp": MethodRule(Permission.WORKER, _bot_session_parent),
     "/grpc.health.v1.Health/Check": MethodRule(PUBLIC),
     "/grpc.health.v1.Health/Watch": MethodRule(PUBLIC),
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": MethodRule(AUTHENTICATED),  # the schema
 }
 
 _NO_REQUEST = object()
