@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from obsutil import get, http_url, pids_in, scrape, scrape_until
 from reapi import digest
-from rwapi import ExecClient, Stream
+from rwapi import ExecClient, FakeBot, Stream
 from serverutil import start_granary
 
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -395,5 +395,36 @@ auth:
     server = start_granary(public, config + "http: {metrics_public: true}\n")
     try:
         assert get(f"{http_url(server)}/metrics")[0] == 200
+    finally:
+        server.stop()
+
+
+def test_evictions_and_lost_workers_are_counted(tmp_path):
+    config = """
+storage: {main: {type: disk, path: cas, max_size: 64KiB, pack_max_blob: 1KiB}}
+action_caches: {main: {type: disk, path: ac}}
+instances: {"": {cas: main, action_cache: main}}
+execution: {local_workers: 0, bot_timeout: 2s, bot_long_poll: 1s, lease_ack_timeout: 2s}
+"""
+    server = start_granary(tmp_path, config)
+    try:
+        base = http_url(server)
+        bot = FakeBot(server.address)
+        bot.connect()  # and then never heard from again
+        client = ExecClient(server.address)
+        blobs = [f"{i:04d}".encode() * 2048 for i in range(20)]  # 8 KiB files, 160 KiB in all
+        for blob in blobs:
+            client.upload(blob)
+        client.close()
+        bot.close()
+        m = scrape_until(base, lambda m: m.total("granary_workers_lost_total") >= 1
+                         and m.total("granary_cas_written_blobs_total") == len(blobs))
+        assert m.total("granary_workers_lost_total") == 1
+        assert m.total("granary_cas_evictions_total", store="main") >= 1
+        evicted = m.total("granary_cas_evicted_blobs_total", store="main")
+        stored = m.total("granary_cas_stored_blobs", store="main")
+        assert evicted >= 1 and evicted + stored == len(blobs), (evicted, stored)
+        assert m.total("granary_cas_evicted_bytes_total", store="main") == 8192 * evicted
+        assert m.total("granary_cas_stored_bytes", store="main") <= 64 << 10
     finally:
         server.stop()
