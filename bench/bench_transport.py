@@ -83,7 +83,7 @@ else:
         await server.wait_for_termination()
 import uvloop
 uvloop.run(main())
-''' % {"GAR": GAR, "READ": READ}
+'''.replace("%(GAR)s", GAR).replace("%(READ)s", READ)
 
 
 def free_port() -> int:
