@@ -27,3 +27,13 @@ def preload_server(cfg: Config) -> None:
 
         from granary._proto.google.devtools.remoteworkers.v1test2 import bots_pb2  # noqa: F401
         from granary.services import bots_service, execution_service, operations_service  # noqa: F401
+
+    if cfg.http.enabled:  # observability.serving: the HTTP port, metrics, health and reflection
+        import stringprep  # noqa: F401 - the idna codec's, which aiohttp loads on its first request
+
+        import aiohttp.web  # noqa: F401
+        import prometheus_client  # noqa: F401 - PROMETHEUS_MULTIPROC_DIR is set before this (runarea.prepare)
+        from prometheus_client import multiprocess  # noqa: F401
+
+        # not granary.observability.metrics: its metrics belong to the process that creates them
+        from granary.observability import collector, grpc_services, http, meters  # noqa: F401
