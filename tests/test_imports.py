@@ -59,6 +59,7 @@ NOT_IN_WORKER = (
     "granary.execution.scheduler", "granary.execution.botsessions", "granary.execution.operations",
     "granary.services.bots_service", "granary.services.execution_service", "granary.supervisor",
     "aiohttp", "prometheus_client", "granary.observability.runarea", "granary.observability.serving",
+    "granary.auth.cli", "granary.cleanup_cli", "granary.config_cli",  # other commands' flags
 )
 
 # A server loads the client libraries of the backends it is configured with, and no others:

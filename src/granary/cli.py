@@ -8,18 +8,19 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from granary import __version__, cleanup_cli, config_cli
-from granary.auth import cli as auth_cli
+from granary import __version__
 from granary.errors import ConfigError
 from granary.observability import logs
-from granary.worker import cli as worker_cli
 from granary.writable_dir import ensure_writable_dir
 
 if TYPE_CHECKING:
     from granary.config import Config
 
-# Each process imports only what its command uses (tests/test_imports.py): the supervisor
-# no gRPC or storage, a worker no configuration models or server modules.
+# Each process imports only what its command uses (tests/test_imports.py): a worker no
+# configuration models, server modules or other commands' flags; the server processes what
+# their supervisor imported for them (granary.preload).
+
+OWN_PARSERS = ("serve", "cleanup", "worker", "config")  # commands whose parser is built alone
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -50,15 +51,31 @@ def _serve_parser(sub) -> None:
                    " anyone who reaches the port can read, write and execute")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command's flags, or only those of `command` (one of OWN_PARSERS): the others'
+    modules then stay unloaded."""
     parser = OneLineParser(prog="granary", description="Granary: REAPI v2 remote cache and execution")
     parser.add_argument("--version", action="version", version=f"granary {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    _serve_parser(sub)
-    cleanup_cli.add_parser(sub)
-    worker_cli.add_parser(sub)
-    config_cli.add_parser(sub)
-    auth_cli.add_parser(sub)
+    wanted = OWN_PARSERS if command not in OWN_PARSERS else (command,)
+    if "serve" in wanted:
+        _serve_parser(sub)
+    if "cleanup" in wanted:
+        from granary import cleanup_cli
+
+        cleanup_cli.add_parser(sub)
+    if "worker" in wanted:
+        from granary.worker import cli as worker_cli
+
+        worker_cli.add_parser(sub)
+    if "config" in wanted:
+        from granary import config_cli
+
+        config_cli.add_parser(sub)
+    if command not in OWN_PARSERS:
+        from granary.auth import cli as auth_cli
+
+        auth_cli.add_parser(sub)
     return parser
 
 
@@ -138,17 +155,25 @@ def cmd_serve(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         logs.configure(log_level(str(getattr(args, "log_level", "warning"))), getattr(args, "log_format", "text"))
         if args.command == "serve":
             return cmd_serve(args)
         if args.command == "cleanup":
+            from granary import cleanup_cli
+
             return cleanup_cli.cmd_cleanup(args)
         if args.command == "worker":
+            from granary.worker import cli as worker_cli
+
             return worker_cli.cmd_worker(args)
         if args.command == "config":
+            from granary import config_cli
+
             return config_cli.cmd_config(args)
+        from granary.auth import cli as auth_cli
+
         if args.command in auth_cli.COMMANDS:
             return auth_cli.run(args)
     except ConfigError as e:
