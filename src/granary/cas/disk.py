@@ -250,12 +250,14 @@ class DiskBlobStore(BlobStore):
         found: dict[str, tuple[int, int, int]] = {}
         unknown: list[str] = []
         locations = self._locations
+        absent = self._absent
         hits = self._presence.hits
         for d in digests:
             key = d.key
             loc = locations.get(key)
             if loc is None:
-                unknown.append(key)
+                if key not in absent:
+                    unknown.append(key)
             elif loc[0] == d.size:
                 found[key] = loc
                 hits.add(key)
@@ -456,23 +458,24 @@ class DiskBlobStore(BlobStore):
         self._insert(rows, pack_growth=total)
 
     def _insert(self, rows: list[tuple[str, int, int, int]], pack_growth: int = 0) -> None:
+        """Index rows (key, size, pack, offset) whose bytes are written: packed rows of this
+        process's pack, or one file row; rows for keys another process indexed meanwhile are
+        left out. Everything but the statements is done outside the write lock: other
+        processes wait for it."""
         now = int(time.time())
-        added = 0
-        live_by_pack: dict[int, int] = {}
         db = self._db
+        params = [(_sql(key), size, pack, offset, now) for key, size, pack, offset in rows]
         with self._transaction():
-            for key, size, pack, offset in rows:
-                cur = db.execute(
-                    "INSERT INTO blobs VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING",
-                    (_sql(key), size, pack, offset, now),
-                )
-                if cur.rowcount:
-                    added += size
-                    if pack != _FILE:
-                        live_by_pack[pack] = live_by_pack.get(pack, 0) + size
-                    self._locations[key] = (size, pack, offset)
-                    self._absent.discard(key)
-                    self._touched[key] = now
+            inserted = db.executemany(
+                "INSERT INTO blobs VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING", params
+            ).rowcount
+            new = rows if inserted == len(rows) else self._ours(rows, inserted)
+            added = 0
+            live_by_pack: dict[int, int] = {}
+            for key, size, pack, offset in new:
+                added += size
+                if pack != _FILE:
+                    live_by_pack[pack] = live_by_pack.get(pack, 0) + size
             if pack_growth:
                 db.execute(
                     "UPDATE packs SET size = ? WHERE id = ?", (self._pack_size, self._pack_id)
@@ -482,10 +485,26 @@ class DiskBlobStore(BlobStore):
             total = db.execute(
                 "UPDATE meta SET v = v + ? WHERE k = 'bytes' RETURNING v", (added,)
             ).fetchone()[0]
-            if added:
-                db.execute("UPDATE meta SET v = v + 1 WHERE k = 'inserts'")
+            if new:
+                inserts = db.execute("UPDATE meta SET v = v + 1 WHERE k = 'inserts' RETURNING v").fetchone()[0]
+        locations, absent, touched = self._locations, self._absent, self._touched
+        for key, size, pack, offset in new:
+            locations[key] = (size, pack, offset)
+            absent.discard(key)
+            touched[key] = now
+        if new and inserts == self._inserts + 1:
+            # nobody else inserted since this process last looked: what it knows missing still is
+            self._inserts = inserts
         if total + self.inflight_bytes > self.max_bytes:
             self.evict(max(int(self.max_bytes * 0.9) - self.inflight_bytes, self.max_bytes // 2))
+
+    def _ours(self, rows: list[tuple[str, int, int, int]], inserted: int) -> list[tuple[str, int, int, int]]:
+        """The rows this transaction inserted, when some keys were there already (rare)."""
+        if len(rows) == 1:
+            return rows if inserted else []
+        stored = {(key, pack, offset) for key, _, pack, offset in self._query([r[0] for r in rows])}
+        # packed rows name this process's own pack: (pack, offset) tells them apart
+        return [r for r in rows if (r[0], r[2], r[3]) in stored]
 
     def _check_room(self, size: int) -> None:
         if size > self.max_bytes:
