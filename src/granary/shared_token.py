@@ -29,10 +29,11 @@ def open_token(path: Path) -> mmap.mmap | None:
         return None
 
 
-def bump(token: mmap.mmap | None) -> None:
+def bump(token: mmap.mmap | None, slot: int = 0) -> None:
+    """Write a fresh value into one of the token's 8-byte slots (a file can hold several)."""
     if token is not None:
-        token[0:8] = os.urandom(8)
+        token[slot * 8 : slot * 8 + 8] = os.urandom(8)
 
 
-def read(token: mmap.mmap | None) -> bytes | None:
-    return None if token is None else token[0:8]
+def read(token: mmap.mmap | None, slot: int = 0) -> bytes | None:
+    return None if token is None else token[slot * 8 : slot * 8 + 8]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -145,9 +146,19 @@ class ContentAddressableStorage:
         """
         results: list[BlobResult] = []
         good: list[tuple[BlobDigest, bytes]] = []
+        sha256 = hashlib.sha256
         for d, data, compressor in items:
             result = BlobResult(d)
             results.append(result)
+            if (
+                compressor == compression.IDENTITY
+                and d.function == dg.SHA256
+                and len(data) == d.size
+                and sha256(data).hexdigest() == d.hash
+            ):  # the common case, without the general path's calls (~20% of the hashing cost)
+                if d.size:
+                    good.append((d, data))
+                continue
             try:
                 if compressor != compression.IDENTITY:
                     compression.check(compressor)

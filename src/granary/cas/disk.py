@@ -13,12 +13,15 @@ and that happens after its bytes are completely written, so a crash never
 leaves a readable partial blob. Packed blobs are re-hashed on read (cheap
 for small blobs), so bytes lost to a power cut read as missing, not wrong.
 
-Each process keeps a cache of known locations; evictions and compactions
-bump a generation number in the index, which invalidates every process's
-cache on its next call. Once such a change is committed, and before any file
-goes, they also write a fresh random value into `removals.token`, which every
-process maps: a value that has not changed since a check means no blob has
-gone since (the Action Cache uses it to skip re-checking a result's blobs).
+Each process keeps a cache of known locations, and of keys known missing;
+evictions and compactions bump a generation number in the index, inserts an
+inserts counter, which invalidates what every process knows on its next
+call. So that a call need not read those numbers when nothing changed, every
+such commit is followed (before any file goes) by a fresh random value in a
+slot of `changes.token`, a small file every process maps: slot 0 for
+removals, slot 1 for inserts. While both are what a process saw before it
+last read the numbers, they have not moved; the removal slot alone also tells
+the Action Cache that no blob of a result it checked can have gone since.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ _TOUCH_INTERVAL = 60.0  # seconds between recorded accesses of one blob
 _FLUSH_INTERVAL = 2.0
 _COALESCE_GAP = 64 << 10  # neighbouring packed blobs closer than this are read together
 _COALESCE_MAX = 4 << 20
+_INSERTS_SLOT = 1  # of changes.token; slot 0 is removals
 
 
 def _pid_alive(pid: int) -> bool:
@@ -133,14 +137,16 @@ class DiskBlobStore(BlobStore):
         self._pack_id = -1
         self._pack_fd = -1
         self._pack_size = 0
-        self._token = open_token(self.root / "removals.token")
+        self._token = open_token(self.root / "changes.token")
+        self._changes_seen: bytes | None = None  # both slots, read before the last refresh
         self._recover()
 
     # ---- start-up -----------------------------------------------------------
 
     def _recover(self) -> None:
         """Seal packs and drop temp files left by processes that died."""
-        self._bump_removals()  # a process that died between a removal and its bump
+        self._bump_removals()  # a process that died between a commit and its bump
+        bump(self._token, _INSERTS_SLOT)
         for pack_id, owner in self._db.execute("SELECT id, owner FROM packs WHERE sealed = 0").fetchall():
             if owner == self._pid or not _pid_alive(owner):
                 self._db.execute("UPDATE packs SET sealed = 1 WHERE id = ?", (pack_id,))
@@ -192,6 +198,11 @@ class DiskBlobStore(BlobStore):
 
     def _refresh(self) -> None:
         """Drop cached knowledge other processes may have made stale."""
+        if self._token is not None:
+            changes = self._token[0:16]
+            if changes == self._changes_seen:
+                return
+            self._changes_seen = changes  # read before the numbers: a later change shows next time
         gen, inserts = self._db.execute(
             "SELECT (SELECT v FROM meta WHERE k = 'generation'), (SELECT v FROM meta WHERE k = 'inserts')"
         ).fetchone()
@@ -250,12 +261,14 @@ class DiskBlobStore(BlobStore):
         found: dict[str, tuple[int, int, int]] = {}
         unknown: list[str] = []
         locations = self._locations
+        absent = self._absent
         hits = self._presence.hits
         for d in digests:
             key = d.key
             loc = locations.get(key)
             if loc is None:
-                unknown.append(key)
+                if key not in absent:
+                    unknown.append(key)
             elif loc[0] == d.size:
                 found[key] = loc
                 hits.add(key)
@@ -397,8 +410,7 @@ class DiskBlobStore(BlobStore):
             data = self._read_whole(digest, loc)
             if data is None:
                 raise BlobNotFound(digest)
-            view = memoryview(data)[offset:end]
-            return _iter_view(view)
+            return _iter_bytes(data, offset, end)
         try:
             fd = os.open(self._file_path(digest.key), os.O_RDONLY)
         except FileNotFoundError:
@@ -456,23 +468,24 @@ class DiskBlobStore(BlobStore):
         self._insert(rows, pack_growth=total)
 
     def _insert(self, rows: list[tuple[str, int, int, int]], pack_growth: int = 0) -> None:
+        """Index rows (key, size, pack, offset) whose bytes are written: packed rows of this
+        process's pack, or one file row; rows for keys another process indexed meanwhile are
+        left out. Everything but the statements is done outside the write lock: other
+        processes wait for it."""
         now = int(time.time())
-        added = 0
-        live_by_pack: dict[int, int] = {}
         db = self._db
+        params = [(_sql(key), size, pack, offset, now) for key, size, pack, offset in rows]
         with self._transaction():
-            for key, size, pack, offset in rows:
-                cur = db.execute(
-                    "INSERT INTO blobs VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING",
-                    (_sql(key), size, pack, offset, now),
-                )
-                if cur.rowcount:
-                    added += size
-                    if pack != _FILE:
-                        live_by_pack[pack] = live_by_pack.get(pack, 0) + size
-                    self._locations[key] = (size, pack, offset)
-                    self._absent.discard(key)
-                    self._touched[key] = now
+            inserted = db.executemany(
+                "INSERT INTO blobs VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING", params
+            ).rowcount
+            new = rows if inserted == len(rows) else self._ours(rows, inserted)
+            added = 0
+            live_by_pack: dict[int, int] = {}
+            for key, size, pack, offset in new:
+                added += size
+                if pack != _FILE:
+                    live_by_pack[pack] = live_by_pack.get(pack, 0) + size
             if pack_growth:
                 db.execute(
                     "UPDATE packs SET size = ? WHERE id = ?", (self._pack_size, self._pack_id)
@@ -482,10 +495,28 @@ class DiskBlobStore(BlobStore):
             total = db.execute(
                 "UPDATE meta SET v = v + ? WHERE k = 'bytes' RETURNING v", (added,)
             ).fetchone()[0]
-            if added:
-                db.execute("UPDATE meta SET v = v + 1 WHERE k = 'inserts'")
+            if new:
+                inserts = db.execute("UPDATE meta SET v = v + 1 WHERE k = 'inserts' RETURNING v").fetchone()[0]
+        locations, absent, touched = self._locations, self._absent, self._touched
+        for key, size, pack, offset in new:
+            locations[key] = (size, pack, offset)
+            absent.discard(key)
+            touched[key] = now
+        if new:
+            bump(self._token, _INSERTS_SLOT)
+        if new and inserts == self._inserts + 1:
+            # nobody else inserted since this process last looked: what it knows missing still is
+            self._inserts = inserts
         if total + self.inflight_bytes > self.max_bytes:
             self.evict(max(int(self.max_bytes * 0.9) - self.inflight_bytes, self.max_bytes // 2))
+
+    def _ours(self, rows: list[tuple[str, int, int, int]], inserted: int) -> list[tuple[str, int, int, int]]:
+        """The rows this transaction inserted, when some keys were there already (rare)."""
+        if len(rows) == 1:
+            return rows if inserted else []
+        stored = {(key, pack, offset) for key, _, pack, offset in self._query([r[0] for r in rows])}
+        # packed rows name this process's own pack: (pack, offset) tells them apart
+        return [r for r in rows if (r[0], r[2], r[3]) in stored]
 
     def _check_room(self, size: int) -> None:
         if size > self.max_bytes:
@@ -755,9 +786,13 @@ def _write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view) :]
 
 
-async def _iter_view(view: memoryview) -> AsyncIterator[bytes]:
-    for start in range(0, len(view), READ_CHUNK):
-        yield bytes(view[start : start + READ_CHUNK])
+async def _iter_bytes(data: bytes, offset: int, end: int) -> AsyncIterator[bytes]:
+    if offset == 0 and end == len(data) and end <= READ_CHUNK:
+        yield data  # the usual small blob, read whole: no copy
+        return
+    view = memoryview(data)
+    for start in range(offset, end, READ_CHUNK):
+        yield bytes(view[start : min(end, start + READ_CHUNK)])
 
 
 async def _iter_file(fd: int, offset: int, end: int) -> AsyncIterator[bytes]:
