@@ -168,7 +168,7 @@ class BotSessions:
         A report that changed something (an acknowledgement, a result) is
         answered at once rather than long-polled.
         """
-        held = await self.queue.run(self.queue.held_jobs, name)
+        held = await self.queue.read(self.queue.held_jobs, name)
         out: list[bots_pb2.Lease] = []
         acted = False
         now = time.time()
