@@ -414,3 +414,27 @@ def test_environment_reaches_the_action_exactly(client, executor):
     names = {line.split("=", 1)[0] for line in lines}
     assert names <= {"FOO", "LD_PRELOAD", "PATH", "PWD", "SHLVL", "_", "OLDPWD"}, names
     assert "FOO=bar baz" in lines
+
+
+@pytest.mark.skipif(not ROOT, reason="only a root worker starts bubblewrap as another uid")
+def test_a_root_worker_starts_the_sandbox_in_one_step_through_its_mount_view(farm):
+    """The worker's directories lie under pytest's 0700 directories, out of nobody's reach: the
+    worker shows its work directory at /run/granary-worker in its own mount namespace (the host's
+    mounts are untouched) and actions still run as nobody with no capability, in bubblewrap."""
+    from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
+    from granary.worker.mountview import VIEW
+
+    _, client, worker, tmp = farm
+    execution = re_grpc.ExecutionStub(client.channel)
+    script = "id -u > uid; grep CapEff /proc/self/status | cut -f2 > caps; cat /proc/1/comm > pid1"
+    r = final_response(execute(client, execution, put_action(client, ["sh", "-c", script],
+                                                             output_files=["uid", "caps", "pid1"])))
+    assert r.status.code == 0 and r.result.exit_code == 0, r.status
+    out = {f.path: client.bs_read(f.digest).decode().strip() for f in r.result.output_files}
+    assert out["uid"] == "65534" and int(out["caps"], 16) == 0
+    if out["pid1"] != "bwrap":
+        pytest.skip("bubblewrap does not work here (the worker runs actions as plain processes)")
+    mine = Path("/proc/self/mountinfo").read_text()
+    theirs = Path(f"/proc/{worker.pid}/mountinfo").read_text()
+    assert f" {VIEW} " not in mine  # nothing reached the host's (or the tests') mount namespace
+    assert f" {VIEW} " in theirs

@@ -1043,3 +1043,26 @@ def test_input_root_with_populated_dev_runs_with_host_tools(client, executor):
     result, status = run_action(executor, action)
     assert status.code == 0 and result.exit_code == 0, status
     assert client.bs_read(result.output_files[0].digest) == b"pkg\n"
+
+
+def test_blob_memo_keeps_verified_small_blobs_within_its_bound():
+    import hashlib
+
+    from granary import digest as dg
+    from granary.worker.remote_cas import MEMO_BLOB, BlobMemo
+
+    def d(data: bytes):
+        return dg.make_digest(dg.SHA256, hashlib.sha256(data).hexdigest(), len(data))
+
+    memo = BlobMemo(max_bytes=10)
+    a, b, c = b"aaaa", b"bbbb", b"cccc"
+    memo.put(d(a), a)
+    memo.put(d(b), b)
+    assert memo.get(d(a)) == a  # a is now the most recently used
+    memo.put(d(c), c)  # 12 bytes > 10: the least recently used (b) goes
+    assert memo.get(d(b)) is None and memo.get(d(a)) == a and memo.get(d(c)) == c
+    big = b"x" * (MEMO_BLOB + 1)
+    BlobMemo().put(d(big), big)
+    assert BlobMemo().get(d(big)) is None
+    memo.put(d(b"0123456789abc"), b"0123456789abc")  # larger than the whole memo: not kept
+    assert memo.get(d(b"0123456789abc")) is None and memo.get(d(a)) == a

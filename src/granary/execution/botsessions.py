@@ -108,8 +108,13 @@ class BotSessions:
             self.scheduler.forget_live_offers()
             await self._replace_older_sessions(row["bot_id"], queue, name, list(reported))
         accepting = session.status in ACCEPTING
+        busy = sum(1 for lease in reported.values() if lease.state in (leases.PENDING, leases.ACTIVE))
+        wants_work = accepting and busy < concurrency
         while True:
-            with self.notifier.subscribe(list(reported), queue=queue if accepting else None) as sub:
+            # Only a bot with a free slot waits for the queue: a full one was woken (and read the
+            # database) by every Execute, several times per action with a few bots.
+            listening = wants_work
+            with self.notifier.subscribe(list(reported), queue=queue if listening else None) as sub:
                 out, acted = await self._reconcile(name, reported)
                 free = concurrency - len(out)
                 if accepting and free > 0:
@@ -124,6 +129,9 @@ class BotSessions:
                 left = budget - (time.monotonic() - started)
                 if acted or _differs(reported, out) or left <= 0:
                     break
+                wants_work = accepting and concurrency - len(out) > 0
+                if wants_work != listening:
+                    continue  # subscribe again as it should be, then look once more
                 await sub.wait(left)
         if time.monotonic() - started > 1.0:
             await self.queue.run(self.queue.seen_bot, name, time.time())
@@ -168,7 +176,7 @@ class BotSessions:
         A report that changed something (an acknowledgement, a result) is
         answered at once rather than long-polled.
         """
-        held = await self.queue.run(self.queue.held_jobs, name)
+        held = await self.queue.read(self.queue.held_jobs, name)
         out: list[bots_pb2.Lease] = []
         acted = False
         now = time.time()

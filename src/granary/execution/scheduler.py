@@ -248,7 +248,7 @@ class Scheduler:
         idle = 0.0
         while True:
             with self.notifier.subscribe([job_name] if job_name else []) as sub:
-                found = await self.queue.run(self.queue.get_operation, op_name)
+                found = await self.queue.read(self.queue.get_operation, op_name)
                 if found is None:
                     raise NotFound(f"operation {op_name!r} not found (finished long ago, deleted or never made)")
                 op_row, job_row = found
@@ -270,7 +270,7 @@ class Scheduler:
     # ---- Operations API -----------------------------------------------------
 
     async def _owned(self, name: str, caller: Caller) -> tuple[Any, Any]:
-        found = await self.queue.run(self.queue.get_operation, name)
+        found = await self.queue.read(self.queue.get_operation, name)
         if found is None:
             raise NotFound(f"operation {name!r} not found")
         caller.check(found[0]["instance"], found[0]["identity"], name)

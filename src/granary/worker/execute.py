@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ class Cancelled(Exception):
 
 def now() -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
+    ts.FromNanoseconds(time.time_ns())  # GetCurrentTime goes through datetime and calendar: 6% of the worker
     return ts
 
 
