@@ -25,7 +25,7 @@ import grpc
 
 from granary.worker.bot import BotConfig, BotSession, Shutdown
 from granary.worker.connect import Credentials, open_channel, wait_until_answered
-from granary.worker.execute import Executor, remove_tree
+from granary.worker.execute import Executor, Trash, remove_tree
 from granary.worker.inputs import InputLimits
 from granary.worker.local_cas import LocalCas
 from granary.worker.mountview import work_view
@@ -36,6 +36,7 @@ from granary.worker.sandbox import ActionUser, Bubblewrap, default_user, make_sa
 log = logging.getLogger("granary.worker")
 
 MAX_MESSAGE = 64 << 20
+TRASH_SUFFIX = ".trash"  # work/PID.trash: finished actions' directories being removed (execute.Trash)
 
 
 @dataclass
@@ -83,6 +84,8 @@ class Worker:
         remove_stale_work_dirs(self.work_dir.parent)
         remove_tree(self.work_dir)
         self.work_dir.mkdir(parents=True)
+        self.trash = Trash(self.work_dir.parent / f"{os.getpid()}{TRASH_SUFFIX}")
+        remove_tree(self.trash.where)  # of an earlier process that had our pid
         sandbox = make_sandbox(cfg.sandbox, cfg.sandbox_paths, cfg.action_user)
         if getattr(sandbox, "user", None) is not None and isinstance(sandbox, Bubblewrap):
             # before the channel: its threads (and so the actions) must start in the view's namespace
@@ -96,6 +99,7 @@ class Worker:
             worker_name=cfg.name,
             action_user=cfg.action_user,
             input_limits=cfg.input_limits,
+            trash=self.trash,
         )
         props = properties(cfg.properties, sandbox.network_modes)
         prefix = cfg.name if cfg.named else f"{cfg.name}-{os.getpid()}"
@@ -132,6 +136,7 @@ class Worker:
                     t.join(1.0)
         finally:
             self.channel.close()
+            self.trash.close()
             remove_tree(self.work_dir)
 
 
@@ -140,7 +145,8 @@ def remove_stale_work_dirs(parent: Path) -> None:
     if not parent.is_dir():
         return
     for d in parent.iterdir():
-        if d.name.isdigit() and not Path(f"/proc/{d.name}").exists():
+        pid = d.name.removesuffix(TRASH_SUFFIX)
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             remove_tree(d)
 
 
@@ -159,6 +165,7 @@ def run(cfg: WorkerConfig) -> int:
     if not wait_until_answered(worker.channel, cfg.instance, f"worker {cfg.name} connecting to {target}",
                                worker.shutdown.draining):
         worker.channel.close()  # stopped before the server ever answered
+        worker.trash.close()
         remove_tree(worker.work_dir)
         return 0
     print(f"granary: worker {cfg.name} serving {cfg.server} with {cfg.concurrency} slot(s)", flush=True)
