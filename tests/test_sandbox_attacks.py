@@ -424,7 +424,7 @@ def test_a_root_worker_starts_the_sandbox_in_one_step_through_its_mount_view(far
     from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
     from granary.worker.mountview import VIEW
 
-    _, client, worker, tmp = farm
+    _, client, worker, _ = farm
     execution = re_grpc.ExecutionStub(client.channel)
     script = "id -u > uid; grep CapEff /proc/self/status | cut -f2 > caps; cat /proc/1/comm > pid1"
     r = final_response(execute(client, execution, put_action(client, ["sh", "-c", script],

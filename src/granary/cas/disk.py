@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -123,6 +124,7 @@ class DiskBlobStore(BlobStore):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.root / "index.v2.sqlite", isolation_level=None, timeout=30)
         enable_wal(self._db)
+        self._checkpointer = _Checkpointer(self.root / "index.v2.sqlite")
         self._db.executescript(_SCHEMA)  # idempotent; several processes may race here
         self._pid = os.getpid()
         self._locations: dict[str, tuple[int, int, int]] = {}  # key -> (size, pack, offset)
@@ -171,6 +173,7 @@ class DiskBlobStore(BlobStore):
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        self._checkpointer.request()
 
     @contextlib.contextmanager
     def _removal(self) -> Iterator[None]:
@@ -560,6 +563,7 @@ class DiskBlobStore(BlobStore):
         for fd in self._read_fds.values():
             os.close(fd)
         self._read_fds.clear()
+        self._checkpointer.close()
         self._db.close()
         if self._token is not None:
             self._token.close()
@@ -702,12 +706,63 @@ class DiskBlobStore(BlobStore):
             os.close(fd)
 
 
+class _Checkpointer:
+    """Copies the index's WAL into the database file in a thread, right after each commit.
+
+    SQLite otherwise checkpoints inside the commit that takes the WAL past 1000
+    pages, and a checkpoint fsyncs the WAL and the database file (even at
+    synchronous=NORMAL): ~15-25 ms here for 1000 pages, during which the
+    process's event loop stood still (a few tens of us per 4 KiB blob of a
+    BatchUpdateBlobs). This thread has its own connection and runs PASSIVE
+    checkpoints, which never wait for or block readers and writers (SQLite
+    releases the GIL meanwhile). The commit-time checkpoint stays as the
+    backstop: when this thread has kept up it finds nothing to copy, and a
+    fully copied WAL is restarted from its beginning by the next write, so it
+    stays small. With several processes, whichever checkpointer runs copies
+    what is there.
+    """
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="granary-index-checkpoint", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None, timeout=30)
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                with contextlib.suppress(sqlite3.Error):  # e.g. busy: the next request catches up
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stopping = True
+            self._wake.set()
+            self._thread.join(timeout=30)
+            self._thread = None
+
+
 class _DiskWriter(BlobWriter):
     """Buffers small blobs in memory; streams large ones to a temp file through the page cache.
 
-    Plain buffered writes: measured here they cost ~0.45 ms per MiB against
-    ~2.5 ms for O_DIRECT through an aligned buffer, and they leave the blob in
-    the page cache, so reading it back soon after (the usual case: an output
+    Plain buffered writes of each chunk as received. Measured on these VMs:
+    2.2-2.7 GB/s into the page cache (~0.4 ms of CPU per MiB, up to ~2 ms while
+    the page cache grows into memory the VM has handed back to its host)
+    against ~0.4 GB/s for O_DIRECT through an aligned buffer; and the blob stays
+    in the page cache, so reading it back soon after (the usual case: an output
     uploaded, then fetched) costs no disk read.
     """
 

@@ -94,7 +94,7 @@ class Trash:
                 return
             try:
                 remove_tree(path)
-            except Exception:  # noqa: BLE001 - what is left goes when the worker stops
+            except Exception:
                 log.exception("removing %s failed", path)
 
     def close(self) -> None:
