@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
+from granary import heap
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from granary._proto.google.bytestream import bytestream_pb2 as bs_pb2
 from granary.auth.callers import operation_callers
@@ -91,7 +92,8 @@ class DrainGate(grpc.aio.ServerInterceptor):
     """The one place draining shows to clients: new Execute calls get UNAVAILABLE, everything
     else is served; counts the operation streams (Execute, WaitExecution) still open."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_call: Callable[[], None] | None = None) -> None:
+        self.on_call = on_call  # told of every call (heap.IdleTrim: give memory back after a burst)
         self.draining = False
         self.streams = 0
         self._open: dict[asyncio.Task, str] = {}  # operation streams -> the operation they follow
@@ -104,6 +106,8 @@ class DrainGate(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
+        if self.on_call is not None:
+            self.on_call()
         handler = await continuation(handler_call_details)
         if self.draining and method == EXECUTE and handler is not None:
             # the request is still parsed: an interceptor before this one (auth) reads its instance name
@@ -228,7 +232,8 @@ async def serve(
     auth = build_auth(cfg.auth, cfg.data_dir, LocalWorkerKey.from_environment()) if cfg.auth is not None else None
     credentials = server_credentials(cfg.tls.files(cfg.data_dir)) if cfg.tls is not None else None
     app = build_app(cfg)
-    gate = DrainGate()
+    trim = heap.IdleTrim(asyncio.get_running_loop())
+    gate = DrainGate(on_call=trim.activity)
     obs = Observability(cfg, app, auth, lambda: gate.draining)
     # Observability sees every call first (refused ones too); then auth answers: a caller without
     # credentials gets UNAUTHENTICATED, never learns that we drain.
@@ -278,19 +283,15 @@ async def serve(
     await obs.close()
     for t in tasks:
         t.cancel()
+    trim.close()
     await app.close()
     if auth is not None:
         auth.close()
 
 
 def tune_malloc() -> None:
-    """Keep 1 MiB message buffers out of mmap: glibc otherwise returns and re-faults them per chunk,
-    which measured 20x slower here (notes/performance-here.md)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        libc.mallopt(-2, 64 << 20)  # M_TOP_PAD
+    """glibc settings for 1 MiB message buffers (granary.heap)."""
+    heap.tune_malloc()
 
 
 def run_single(
