@@ -259,3 +259,32 @@ def test_many_processes_opening_a_new_store_at_once(tmp_path):
     ]
     results = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in results if err]
+
+
+def test_a_batch_racing_another_process_for_some_keys_counts_only_its_own(tmp_path):
+    # another process indexed some of the batch's blobs between this one's check and its insert
+    ours = [blob(3000, b"ours%d" % i) for i in range(3)]
+    theirs = ours[1]
+
+    async def go():
+        a = DiskBlobStore(tmp_path, 1 << 30)
+        b = DiskBlobStore(tmp_path, 1 << 30)
+        await b.put_many([theirs])
+        a._new_pack()
+        offset = 0
+        rows = []
+        for d, data in ours:
+            os.pwrite(a._pack_fd, data, offset)
+            rows.append((d.key, d.size, a._pack_id, offset))
+            offset += d.size
+        a._pack_size = offset
+        a._insert(rows, pack_growth=offset)
+        assert a.stored_bytes == sum(d.size for d, _ in ours)  # theirs counted once
+        assert a._locations.get(theirs[0].key) is None  # not claimed at this pack's offset
+        for s in (a, b):
+            got = await s.get_many([d for d, _ in ours])
+            assert all(got[d] == data for d, data in ours)
+        await a.close()
+        await b.close()
+
+    run(go())

@@ -32,9 +32,11 @@ MAX_INLINE_FIELD_BYTES = 1 << 20
 #: out, a GetActionResult reply stays under the 4 MiB clients accept by default
 MAX_RESULT_BYTES = 3 << 20
 
-#: results remembered as complete, per ActionCache: entries, and largest serialized result
-MEMO_ENTRIES = 8192
+#: results remembered as complete, per ActionCache: bytes in all (results and blob keys, about),
+#: largest serialized result, most blobs of one result
+MEMO_BYTES = 8 << 20
 MEMO_MAX_RESULT = 16 << 10
+MEMO_MAX_BLOBS = 1000
 
 log = logging.getLogger("granary.actioncache")
 
@@ -62,6 +64,7 @@ class ActionCache:
         self.check_completeness = check_completeness
         #: key -> (serialized result, keys of the blobs it needs, CAS removal token before the check)
         self._complete: dict[str, tuple[bytes, tuple[str, ...], object]] = {}
+        self._complete_bytes = 0
 
     def _key(self, action: BlobDigest) -> str:
         return f"{self.namespace}\x00{action.key}/{action.size}"
@@ -107,10 +110,13 @@ class ActionCache:
                 f"action result for {action} refers to {len(missing)} blob(s) no longer in the CAS,"
                 f" e.g. {missing[0]}"
             )
-        if token is not None and len(raw) <= MEMO_MAX_RESULT:
-            if len(self._complete) >= MEMO_ENTRIES:
+        if token is not None and len(raw) <= MEMO_MAX_RESULT and len(needed) <= MEMO_MAX_BLOBS:
+            cost = len(raw) + len(key) + 120 * (len(needed) + 1)
+            if self._complete_bytes + cost > MEMO_BYTES:
                 self._complete.clear()
+                self._complete_bytes = 0
             self._complete[key] = (raw, needed, token)
+            self._complete_bytes += cost
 
     async def update(self, action: BlobDigest, result: re_pb2.ActionResult) -> re_pb2.ActionResult:
         if not self.allow_updates:

@@ -113,8 +113,8 @@ CREATE TRIGGER IF NOT EXISTS results_bytes_update AFTER UPDATE OF value ON resul
 """
 
 
-#: values a SqliteActionCacheStore keeps in memory: entries, and largest value kept
-SQLITE_CACHE_ENTRIES = 8192
+#: values a SqliteActionCacheStore keeps in memory: bytes in all (about), and largest value kept
+SQLITE_CACHE_BYTES = 8 << 20
 SQLITE_CACHE_MAX_VALUE = 16 << 10
 
 
@@ -159,6 +159,7 @@ class SqliteActionCacheStore(ActionCacheStore):
         self._token = open_token(Path(f"{path}.token"))
         self._values: dict[str, bytes] = {}  # valid while the token is self._values_token
         self._values_token: bytes | None = None
+        self._values_bytes = 0
         self._changed()  # a process that died between a commit and its token write
 
     def _changed(self) -> None:
@@ -170,6 +171,7 @@ class SqliteActionCacheStore(ActionCacheStore):
         token = read(self._token)
         if token is None or token != self._values_token:
             values.clear()
+            self._values_bytes = 0
             self._values_token = token
         value = values.get(key)
         if value is None:
@@ -178,9 +180,12 @@ class SqliteActionCacheStore(ActionCacheStore):
                 return None
             value = row[0]
             if token is not None and len(value) <= SQLITE_CACHE_MAX_VALUE:
-                if len(values) >= SQLITE_CACHE_ENTRIES:
+                cost = len(value) + len(key) + 100
+                if self._values_bytes + cost > SQLITE_CACHE_BYTES:
                     values.clear()
+                    self._values_bytes = 0
                 values[key] = value
+                self._values_bytes += cost
         now = time.time()
         if now - self._touched.get(key, 0) > 60:
             if len(self._touched) > 1_000_000:
@@ -247,6 +252,7 @@ class SqliteActionCacheStore(ActionCacheStore):
     async def close(self) -> None:
         self._db.close()
         self._values.clear()
+        self._values_bytes = 0
         if self._token is not None:
             self._token.close()
             self._token = None
