@@ -523,7 +523,7 @@ class ExecutionConfig(Section):
     platform_grace: Duration = Field(
         30.0, description="After start-up, accept any platform this long while bots connect.")
     local_workers: AutoCount = Field(
-        "auto", validate_default=True, description="Slots of the `granary worker` that serve starts; auto: one per core; 0: none.")
+        "auto", validate_default=True, description="Slots of the `granary worker` that serve starts; auto: two per core; 0: none.")
     retention: Duration = Field(86400.0, description="How long finished operations stay listed.")
     max_bot_concurrency: Positive = Field(
         64, description="Most leases one bot session holds at once; a larger claimed concurrency is capped.")
