@@ -15,8 +15,6 @@ import contextlib
 import json
 import logging
 import re
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -105,11 +103,6 @@ class JobQueue:
         self.read_engine = self._make_engine(url, write=False) if self.is_sqlite else self.engine
         self._caps_cache: dict[tuple[str, str], bool] = {}
         self._sql: dict[str, str] = {}  # SQL text with :name parameters -> this driver's paramstyle
-        self._inline = threading.local()  # .active: this thread is the event loop running a read inline
-        self._inline_conns: list[sqlite3.Connection] = []
-        database = self.read_engine.url.database if self.is_sqlite else None
-        uri = bool(self.read_engine.url.query.get("uri")) if self.is_sqlite else False
-        self._sqlite_path = database if database and database != ":memory:" and not uri else None
         self._dbapi = self.engine.dialect.dbapi
         self._known_platforms: list[Capabilities] | None = None  # None: never fail a job for its platform
         self._platform_grace = 0.0
@@ -171,39 +164,10 @@ class JobQueue:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """A short read of one statement (get_operation, held_jobs). On SQLite it runs on the event
-        loop itself, on a connection that never waits (busy_timeout 0): WAL readers wait for no
-        writer, and the hop to the thread pool and back cost more than the query (13-22% of a
-        server's Python per action). If SQLite ever says busy, the read goes to the pool."""
-        if self._sqlite_path is None:
-            return await self.run(fn, *args)
-        self._inline.active = True
-        try:
-            return fn(*args)
-        except OperationalError as e:
-            if not isinstance(e.orig, sqlite3.OperationalError) or not ("locked" in str(e.orig)
-                                                                         or "busy" in str(e.orig)):
-                raise
-        finally:
-            self._inline.active = False
+        """A short read of one statement (get_operation, held_jobs), on the thread pool."""
         return await self.run(fn, *args)
 
-    def _inline_connection(self) -> sqlite3.Connection:
-        """This thread's own read connection, outside the pool: never waits, never writes."""
-        conn = getattr(self._inline, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self._sqlite_path, timeout=0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=0")
-            conn.execute("PRAGMA query_only=1")
-            self._inline.conn = conn
-            self._inline_conns.append(conn)
-        return conn
-
     def close(self) -> None:
-        for conn in self._inline_conns:
-            with contextlib.suppress(Exception):
-                conn.close()
-        self._inline_conns.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
         if self.read_engine is not self.engine:
@@ -229,9 +193,6 @@ class JobQueue:
     def _cursor(self, write: bool) -> Iterator[Any]:
         """A DB-API cursor; write: inside one transaction (BEGIN IMMEDIATE on SQLite), committed
         on success and rolled back on error. Reads are single statements (atomic on their own)."""
-        if not write and getattr(self._inline, "active", False):
-            yield from self._inline_cursor()
-            return
         engine = self.engine if write else self.read_engine
         conn = engine.raw_connection()
         cur = None
@@ -257,15 +218,6 @@ class JobQueue:
                 with contextlib.suppress(Exception):
                     cur.close()
             conn.close()
-
-    def _inline_cursor(self) -> Iterator[Any]:
-        cur = self._inline_connection().cursor()
-        try:
-            yield cur
-        except sqlite3.Error as e:
-            raise DBAPIError.instance(None, None, e, sqlite3.Error) from e
-        finally:
-            cur.close()
 
     def _exec(self, cur: Any, sql: str, params: dict[str, Any] | None = None) -> int:
         cur.execute(self._text(sql), params or {})
