@@ -39,6 +39,7 @@ from granary import digest as dg
 from granary.cas.blobstore import READ_CHUNK, BlobInfo, BlobStore, BlobWriter, Presence
 from granary.digest import BlobDigest
 from granary.errors import BlobNotFound, ResourceExhausted
+from granary.pids import pid_alive as _pid_alive
 from granary.shared_token import bump, open_token, read
 from granary.sqlite_wal import enable_wal
 
@@ -68,16 +69,6 @@ _FLUSH_INTERVAL = 2.0
 _COALESCE_GAP = 64 << 10  # neighbouring packed blobs closer than this are read together
 _COALESCE_MAX = 4 << 20
 _INSERTS_SLOT = 1  # of changes.token; slot 0 is removals
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _sql(key: str) -> bytes:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from granary.config_values import listen_address
 from granary.errors import ConfigError
+from granary.pids import pid_alive as _pid_alive
 
 if TYPE_CHECKING:
     from granary.config import Config
@@ -76,16 +77,6 @@ class RunArea:
             self._keeper = None
         if self.metrics_dir is not None:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fresh_metrics_dir(data_dir: Path) -> Path:
