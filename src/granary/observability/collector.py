@@ -5,7 +5,8 @@ reads the same database, so these are right with any number of processes by cons
 Every query is bounded and indexed: jobs are read through the (queue, stage) index for the stages
 that are not finished (the queues are those this server's instances use); bot sessions are few. The
 count of blobs in a disk store is a scan of its index, so it runs in a thread on its own connection
-and is reused for STORE_COUNT_TTL seconds.
+and is reused while the store's byte total holds still (at most STORE_COUNT_TTL seconds), or for
+STORE_COUNT_MIN_AGE seconds once it has moved.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ log = logging.getLogger("granary.observability")
 
 QUEUED, EXECUTING = 2, 3  # ExecutionStage values of unfinished jobs
 MAX_PLATFORM_LABELS = 50  # platforms shown one by one per queue; the rest are summed as (other)
-STORE_COUNT_TTL = 30.0  # seconds a disk store's blob count is reused
+STORE_COUNT_TTL = 30.0  # seconds a disk store's blob count is reused while its size holds still
+STORE_COUNT_MIN_AGE = 2.0  # seconds a disk store's blob count is reused once its size has moved
 
 
 def platform_label(key: str) -> str:
@@ -138,7 +140,7 @@ class StoreStats:
         stores = app.builder.built if app.builder is not None else app.blob_stores
         self.disks = [(labels.get(id(s), s.name), Path(s.root)) for s in stores if isinstance(s, DiskBlobStore)]
         self.memories = [(labels.get(id(s), s.name), s) for s in stores if isinstance(s, MemoryBlobStore)]
-        self._counts: dict[Path, tuple[float, int]] = {}
+        self._counts: dict[Path, tuple[float, int, int]] = {}
 
     def read_disks(self) -> list[tuple[str, int, int]]:
         out = []
@@ -148,11 +150,15 @@ class StoreStats:
             try:
                 size = db.execute("SELECT v FROM meta WHERE k = 'bytes'").fetchone()[0]
                 cached = self._counts.get(root)
-                if cached is None or now - cached[0] > STORE_COUNT_TTL:
-                    cached = self._counts[root] = (now, db.execute("SELECT count(*) FROM blobs").fetchone()[0])
+                # count(*) walks the index, so it is reused: while the store's byte total has not moved
+                # (for up to STORE_COUNT_TTL), or for STORE_COUNT_MIN_AGE when it has.
+                if (cached is None or now - cached[0] > STORE_COUNT_TTL
+                        or (cached[1] != size and now - cached[0] > STORE_COUNT_MIN_AGE)):
+                    n = db.execute("SELECT count(*) FROM blobs").fetchone()[0]
+                    cached = self._counts[root] = (now, size, n)
             finally:
                 db.close()
-            out.append((label, cached[1], size))
+            out.append((label, cached[2], size))
         return out
 
     def families(self, disks: Iterable[tuple[str, int, int]]) -> list[Metric]:
