@@ -7,9 +7,11 @@ can ask QueryWriteStatus and continue from `committed_size`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from granary import compression
@@ -139,17 +141,41 @@ async def _take(cas: ContentAddressableStorage, session: UploadSession, data: by
     session.committed += len(data)
 
 
+HASH_IN_THREAD = 256 * 1024  # chunks at least this large are hashed off the event loop
+_HASHING = ThreadPoolExecutor(max_workers=4, thread_name_prefix="granary-hash")
+
+
 async def _take_plain(cas: ContentAddressableStorage, session: UploadSession, data: bytes, name: str) -> None:
-    """_take for uncompressed uploads: the chunk is hashed and written as it came."""
+    """_take for uncompressed uploads: the chunk is hashed and written as it came.
+
+    A large chunk is hashed in a thread (hashlib and blake3 release the GIL) while the event loop
+    writes it and goes on to receive the next one; the next chunk, or the finish, waits for that
+    hash first. Hashing (0.65 ms/MiB here) and the page-cache write (~1 ms/MiB) then overlap on
+    two cores instead of adding up.
+    """
     n = len(data)
     if session.received + n > session.digest.size:
         raise InvalidArgument(
             f"upload {name!r} sends more than the {session.digest.size} bytes its digest {session.digest} names"
         )
     cas.uploads.grow(session, n)
-    session.hasher.update(data)
+    if session.hashing is not None:
+        await _hashed(session)
+    if n >= HASH_IN_THREAD:
+        session.hashing = asyncio.get_running_loop().run_in_executor(_HASHING, session.hasher.update, data)
+    else:
+        session.hasher.update(data)
     await session.writer.write(data)
     session.committed += n
+
+
+async def _hashed(session: UploadSession) -> None:
+    """Wait for the chunk being hashed in a thread, if any."""
+    pending = session.hashing
+    if pending is not None:
+        # shielded: a stream cancelled here leaves the future on the session for the next to wait on
+        await asyncio.shield(pending)
+        session.hashing = None
 
 
 async def _finish(cas: ContentAddressableStorage, session: UploadSession, name: str) -> None:
@@ -158,6 +184,7 @@ async def _finish(cas: ContentAddressableStorage, session: UploadSession, name: 
         raise InvalidArgument(
             f"upload {name!r} finished after {session.received} bytes, but its digest says {d.size}"
         )
+    await _hashed(session)
     actual = session.hasher.hexdigest()
     if actual != d.hash:
         raise InvalidArgument(f"uploaded data for {name!r} hashes to {actual}, not {d.hash}")

@@ -372,6 +372,7 @@ class UploadSession:
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
     done: bool = False
+    hashing: asyncio.Future | None = None  # a large chunk being hashed in a thread (bytestream._take_plain)
 
 
 class UploadRegistry:

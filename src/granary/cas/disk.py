@@ -26,6 +26,7 @@ the Action Cache that no blob of a result it checked can have gone since.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -33,6 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from granary import digest as dg
@@ -746,6 +748,10 @@ class _Checkpointer:
             self._thread = None
 
 
+WRITE_IN_THREAD = 256 * 1024  # chunks of a spilled upload at least this large are written by a thread
+_WRITING = ThreadPoolExecutor(max_workers=4, thread_name_prefix="granary-write")
+
+
 class _DiskWriter(BlobWriter):
     """Buffers small blobs in memory; streams large ones to a temp file through the page cache.
 
@@ -754,7 +760,8 @@ class _DiskWriter(BlobWriter):
     the page cache grows into memory the VM has handed back to its host)
     against ~0.4 GB/s for O_DIRECT through an aligned buffer; and the blob stays
     in the page cache, so reading it back soon after (the usual case: an output
-    uploaded, then fetched) costs no disk read.
+    uploaded, then fetched) costs no disk read. A large chunk is written by a
+    thread while the next one is received (one in flight, so the order holds).
     """
 
     def __init__(self, store: DiskBlobStore, digest: BlobDigest):
@@ -764,6 +771,7 @@ class _DiskWriter(BlobWriter):
         self._buffered = 0
         self._fd = -1
         self._tmp = ""
+        self._writing: asyncio.Future | None = None  # a large chunk being written by a thread
 
     def _open(self) -> None:
         self._store._check_room(self._digest.size)
@@ -772,13 +780,26 @@ class _DiskWriter(BlobWriter):
 
     async def write(self, chunk: bytes) -> None:
         if self._fd >= 0:
-            _write_all(self._fd, chunk)
+            await self._written()
+            if len(chunk) >= WRITE_IN_THREAD:
+                # the loop goes on receiving (and the upload hashing) while a thread copies this one
+                self._writing = asyncio.get_running_loop().run_in_executor(
+                    _WRITING, _write_all, self._fd, chunk)
+            else:
+                _write_all(self._fd, chunk)
             return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         if self._buffered > self._store.pack_max_blob:
             self._open()
             self._spill()
+
+    async def _written(self) -> None:
+        """Wait for the chunk a thread is writing (its error, e.g. ENOSPC, is raised here)."""
+        pending = self._writing
+        if pending is not None:
+            await asyncio.shield(pending)  # cancelled here, the next call still waits for it
+            self._writing = None
 
     def _spill(self) -> None:
         for c in self._chunks:
@@ -804,6 +825,7 @@ class _DiskWriter(BlobWriter):
             self._chunks = []
             await store.put_many([(self._digest, data)])
             return
+        await self._written()
         if store.fsync:
             os.fdatasync(self._fd)
         os.close(self._fd)
@@ -816,6 +838,8 @@ class _DiskWriter(BlobWriter):
     async def abort(self) -> None:
         self._chunks = []
         if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                await self._written()
             os.close(self._fd)
             self._fd = -1
             try:
