@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ptyutil import finish, run_in_pty
 from reapi import Client
 from serverutil import start_granary
-from test_status_cli import finish, run_in_pty
 
 BLOBS = 3000  # of 1 KiB each: three progress reports while indexing, more than one batch of deletes
 
