@@ -114,6 +114,12 @@ def test_once_prints_what_the_server_counted(tmp_path):
         assert line(done.stdout, "AC hit ratio") == "- recent, 25.0% total (1 hits, 3 misses)"
         assert len(done.stdout.split("busiest methods:\n", 1)[1].splitlines()) == 1
 
+        # the gRPC port answers in HTTP/2 frames
+        done = status("--once", "--url", server.address, "--interval", "0")
+        assert done.returncode == EXIT_NOT_GRANARY
+        assert done.stderr == (f"granary status: http://{server.address}/metrics: the answer is not HTTP/1.1"
+                               " (BadStatusLine): not Granary's HTTP port (by default the gRPC port + 1)\n")
+
 
 def test_rates_move_while_requests_arrive(tmp_path):
     with start_granary(tmp_path, CACHE) as server:

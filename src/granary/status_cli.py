@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import getpass
+import http.client
 import os
 import re
 import ssl
@@ -164,6 +165,11 @@ class Scraper:
                 raise StatusError(f"cannot reach {self.url}: TLS: {why}{hint}", EXIT_UNREACHABLE) from None
             text = getattr(reason, "strerror", None) or str(reason)
             raise StatusError(f"cannot reach {self.url}: {text}", EXIT_UNREACHABLE) from None
+        except http.client.InvalidURL as e:
+            raise ConfigError(f"--url: {e}") from None
+        except http.client.HTTPException as e:  # e.g. HTTP/2 frames: the gRPC port
+            raise StatusError(f"{self.url}: the answer is not HTTP/1.1 ({type(e).__name__}): not Granary's HTTP port"
+                              " (by default the gRPC port + 1)", EXIT_NOT_GRANARY) from None
         except (TimeoutError, ConnectionError, OSError) as e:
             what = "no answer within " + f"{self.timeout:g}s" if isinstance(e, TimeoutError) else (e.strerror or e)
             raise StatusError(f"cannot reach {self.url}: {what}", EXIT_UNREACHABLE) from None
