@@ -199,7 +199,8 @@ def test_https_port_with_the_config_derived_url_and_a_ca(tmp_path):
         secret = {"GRANARY_PASSWORD": "secret"}
         done = status("-c", str(cfg), "--once", "--interval", "0", "--user", "alice", env=secret)
         assert done.returncode == EXIT_UNREACHABLE
-        assert done.stderr.startswith(f"granary status: cannot reach https://127.0.0.1:{port}/metrics: TLS: ")
+        assert done.stderr.startswith(f"granary status: cannot reach https://127.0.0.1:{port}/metrics: TLS:"
+                                      " certificate verify failed: "), done.stderr
         assert done.stderr.endswith("(pass --ca with the CA that signed it)\n") and done.stderr.count("\n") == 1
         done = status("-c", str(cfg), "--once", "--interval", "0", "--user", "alice", "--ca", str(pki.ca), env=secret)
         assert done.returncode == 0, done.stderr

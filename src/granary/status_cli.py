@@ -160,8 +160,10 @@ class Scraper:
         except urllib.error.URLError as e:
             reason = e.reason
             if isinstance(reason, ssl.SSLError):
-                hint = " (pass --ca with the CA that signed it)" if "CERTIFICATE_VERIFY_FAILED" in str(reason) else ""
-                why = getattr(reason, "verify_message", None) or reason.reason or reason
+                hint, why = "", reason.reason or str(reason)
+                if isinstance(reason, ssl.SSLCertVerificationError):
+                    hint = " (pass --ca with the CA that signed it)"
+                    why = f"certificate verify failed: {reason.verify_message}"
                 raise StatusError(f"cannot reach {self.url}: TLS: {why}{hint}", EXIT_UNREACHABLE) from None
             text = getattr(reason, "strerror", None) or str(reason)
             raise StatusError(f"cannot reach {self.url}: {text}", EXIT_UNREACHABLE) from None
