@@ -26,13 +26,18 @@ from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 
 from granary.actioncache.keys import split_key
 from granary.actioncache.store import ActionCacheStore
 from granary.cas.disk import digest_of_key
-from granary.cas.indexed import IndexedBlobStore
+from granary.cas.indexed import PROGRESS_EVERY, IndexedBlobStore
 from granary.digest import BlobDigest
 from granary.errors import GranaryError, InvalidArgument, Unimplemented
 
 log = logging.getLogger("granary.cleanup")
 
 _DELETE_BATCH = 1000
+
+Progress = Callable[[str, int, int | None], None]
+"""progress(stage, done, total) for `granary cleanup`'s display: stage "scan" counts Action Cache
+entries read (total unknown: None), "delete" the bytes deleted of the `total` that must go. Called every
+PROGRESS_EVERY entries or _DELETE_BATCH blobs and at the end of each stage, so it costs nothing measurable."""
 
 
 @dataclass
@@ -77,7 +82,7 @@ class Janitor:
         self.protect_recent = protect_recent
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
 
-    async def clean(self, target: int | None = None) -> CleanupReport:
+    async def clean(self, target: int | None = None, progress: Progress | None = None) -> CleanupReport:
         """Delete LRU blobs until at most `target` bytes (default: max_size) remain."""
         target = self.max_size if target is None else target
         report = CleanupReport(self.where, target_bytes=target)
@@ -85,8 +90,10 @@ class Janitor:
         report.before_bytes = report.after_bytes = await self.index.stored_bytes()
         if report.before_bytes <= target:
             return report
-        entries, protected = await self._scan_action_results(report)
+        entries, protected = await self._scan_action_results(report, progress)
         need = report.before_bytes - target
+        if progress is not None:
+            progress("delete", 0, need)
         freed = 0
         deleted: set[str] = set()
         batch: list[BlobDigest] = []
@@ -101,7 +108,11 @@ class Janitor:
             if len(batch) >= _DELETE_BATCH:
                 await self._delete(batch, deleted, report)
                 batch = []
+                if progress is not None:
+                    progress("delete", min(report.deleted_bytes, need), need)
         await self._delete(batch, deleted, report)
+        if progress is not None:
+            progress("delete", min(report.deleted_bytes, need), need)
         for store, key, refs in entries:
             if refs & deleted:
                 await store.delete(key)
@@ -119,7 +130,7 @@ class Janitor:
         report.deleted_bytes += sum(d.size for d in batch)
 
     async def _scan_action_results(
-        self, report: CleanupReport
+        self, report: CleanupReport, progress: Progress | None = None
     ) -> tuple[list[tuple[ActionCacheStore, str, set[str]]], set[str]]:
         now = time.time()
         entries: list[tuple[ActionCacheStore, str, set[str]]] = []
@@ -131,6 +142,8 @@ class Janitor:
                     if parts is None or not wanted(parts[0]):
                         continue
                     report.action_results_seen += 1
+                    if progress is not None and report.action_results_seen % PROGRESS_EVERY == 0:
+                        progress("scan", report.action_results_seen, None)
                     refs = await self._references(value, parts[1].function)
                     if refs is None:
                         await store.delete(key)  # unreadable: it can never be served anyway
@@ -142,6 +155,8 @@ class Janitor:
             except Unimplemented:
                 log.warning("%s: action cache %s cannot list its entries; none of its results are protected",
                             self.where, store.name)
+        if progress is not None:
+            progress("scan", report.action_results_seen, None)
         return entries, protected
 
     async def _references(self, raw: bytes, function: int) -> set[str] | None:

@@ -10,6 +10,7 @@ from granary.errors import ConfigError
 
 if TYPE_CHECKING:
     from granary.config import Config
+    from granary.progress import Display
 
 
 def add_parser(sub) -> None:
@@ -23,6 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--store", help="only the indexed store at this config path (e.g. storage.main)")
     p.add_argument("--reindex", action="store_true",
                    help="first add blobs the wrapped store holds but the index lacks")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress on stderr (default: a progress bar on a terminal, else a line every few"
+                   " seconds); the result lines on stdout stay")
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -32,10 +36,12 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
     cfg = load(args.config, args.data_dir)
     target = parse_size(args.target, "--target") if args.target is not None else None
-    return asyncio.run(_cleanup(cfg, target, args.store, args.reindex))
+    from granary.progress import display
+
+    return asyncio.run(_cleanup(cfg, target, args.store, args.reindex, display(args.quiet)))
 
 
-async def _cleanup(cfg: Config, target: int | None, only: str | None, reindex: bool) -> int:
+async def _cleanup(cfg: Config, target: int | None, only: str | None, reindex: bool, shown: Display) -> int:
     from granary.storage_builder import StoreBuilder  # heavy (S3, SQL clients): only when cleaning
 
     builder = StoreBuilder(cfg)
@@ -51,10 +57,15 @@ async def _cleanup(cfg: Config, target: int | None, only: str | None, reindex: b
         for j in janitors:
             if target is None and not j.max_size:
                 raise ConfigError(f"{j.where}.max_size: not set, so cleanup needs --target SIZE")
+            progress = shown.callback(j.where)
             if reindex:
-                print(f"{j.where}: indexed {await j.index.reindex()} blobs", flush=True)
-            report = await j.clean(target)
+                seen = await j.index.reindex(lambda n, progress=progress: progress("reindex", n, None))
+                shown.done()
+                print(f"{j.where}: indexed {seen} blobs", flush=True)
+            report = await j.clean(target, progress)
+            shown.done()
             print(f"granary cleanup: {report}", flush=True)
     finally:
+        shown.done()
         await builder.close()
     return 0

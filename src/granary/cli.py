@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # configuration models, server modules or other commands' flags; the server processes what
 # their supervisor imported for them (granary.preload).
 
-OWN_PARSERS = ("serve", "cleanup", "worker", "config")  # commands whose parser is built alone
+OWN_PARSERS = ("serve", "cleanup", "worker", "config", "status")  # commands whose parser is built alone
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -72,6 +72,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         from granary import config_cli
 
         config_cli.add_parser(sub)
+    if "status" in wanted:
+        from granary import status_cli
+
+        status_cli.add_parser(sub)
     if command not in OWN_PARSERS:
         from granary.auth import cli as auth_cli
 
@@ -172,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             from granary import config_cli
 
             return config_cli.cmd_config(args)
+        if args.command == "status":
+            from granary import status_cli
+
+            return status_cli.cmd_status(args)
         from granary.auth import cli as auth_cli
 
         if args.command in auth_cli.COMMANDS:

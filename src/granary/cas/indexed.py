@@ -15,7 +15,7 @@ from the index.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from sqlalchemy import (
     BigInteger,
@@ -39,6 +39,7 @@ from granary.errors import BlobNotFound
 from granary.sql import run, upsert
 
 _CHUNK = 900  # keys per statement
+PROGRESS_EVERY = 1000  # blobs between two calls of a long walk's progress callback
 
 
 class IndexedBlobStore(BlobStore):
@@ -234,8 +235,11 @@ class IndexedBlobStore(BlobStore):
                 return
             after = (rows[-1][2], rows[-1][0])
 
-    async def reindex(self) -> int:
-        """Add every blob the store holds but the index lacks; returns how many were seen."""
+    async def reindex(self, progress: Callable[[int], None] | None = None) -> int:
+        """Add every blob the store holds but the index lacks; returns how many were seen.
+
+        `progress(seen)` (for `granary cleanup --reindex`'s display) is called every PROGRESS_EVERY
+        blobs and once at the end: a walk of millions of blobs takes minutes and should show it moves."""
         seen = 0
         batch: list[BlobDigest] = []
         async for info in self.store.iterate():
@@ -244,8 +248,12 @@ class IndexedBlobStore(BlobStore):
             if len(batch) >= 5000:
                 await run(lambda b=batch: self._add_missing_rows(b))
                 batch = []
+            if progress is not None and seen % PROGRESS_EVERY == 0:
+                progress(seen)
         if batch:
             await run(lambda: self._add_missing_rows(batch))
+        if progress is not None:
+            progress(seen)
         return seen
 
     def _add_missing_rows(self, digests: list[BlobDigest]) -> None:
