@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from prometheus_client.parser import text_string_to_metric_families
 from serverutil import GranaryProcess
 
-METRICS_URL_RE = re.compile(r"metrics on (http://[0-9.]+:\d+)/metrics")
+METRICS_URL_RE = re.compile(r"metrics on (https?://[0-9.]+:\d+)/metrics")
 
 
 def http_url(server: GranaryProcess, timeout: float = 30) -> str:

@@ -193,9 +193,10 @@ def test_https_port_with_the_config_derived_url_and_a_ca(tmp_path):
     port = free_port()
     config = (CACHE + AUTH + f"server: {{tls: {{cert: {pki.server_cert}, key: {pki.server_key}}}}}\n"
               f"http: {{listen: '127.0.0.1:{port}'}}\n")
-    with start_granary(tmp_path, config):
+    with start_granary(tmp_path, config) as server:
         cfg = tmp_path / "granary.yaml"
         assert metrics_url(None, cfg) == f"https://127.0.0.1:{port}/metrics"
+        assert http_url(server) == f"https://127.0.0.1:{port}"  # what `granary serve` announced
         secret = {"GRANARY_PASSWORD": "secret"}
         done = status("-c", str(cfg), "--once", "--interval", "0", "--user", "alice", env=secret)
         assert done.returncode == EXIT_UNREACHABLE

@@ -59,6 +59,7 @@ class RunArea:
     host: str = ""
     port: int = 0
     metrics_dir: Path | None = None
+    scheme: str = "http"  # https when server.tls is set: the HTTP port shares the gRPC port's certificate
     _keeper: socket.socket | None = field(default=None, repr=False)
 
     @property
@@ -69,7 +70,7 @@ class RunArea:
         """The end of `granary serve`'s ready line."""
         if not self.enabled:
             return ""
-        return f"; metrics on http://{format_address(self.host, self.port)}/metrics"
+        return f"; metrics on {self.scheme}://{format_address(self.host, self.port)}/metrics"
 
     def close(self) -> None:
         if self._keeper is not None:
@@ -112,7 +113,7 @@ def prepare(cfg: Config, allow_unauthenticated: bool) -> RunArea:
         keeper, port = reserve_port(host, port)
     except ConfigError as e:
         raise ConfigError(f"http.listen: {e}") from None
-    area = RunArea(host, port, _fresh_metrics_dir(cfg.data_dir), keeper)
+    area = RunArea(host, port, _fresh_metrics_dir(cfg.data_dir), "https" if cfg.tls is not None else "http", keeper)
     os.environ[METRICS_DIR_ENV] = str(area.metrics_dir)
     os.environ[HTTP_ADDRESS_ENV] = format_address(host, port)
     atexit.register(area.close)
