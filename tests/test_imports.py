@@ -44,6 +44,7 @@ NOT_IN_SUPERVISOR = (
     "granary.worker.sandbox",
     # metrics belong to the server process that keeps them (the HTTP port's modules are preloaded)
     "granary.observability.metrics",
+    "rich", "granary.status_cli",  # terminal views of other commands
 )
 PRELOADED_IN_SUPERVISOR = {
     "grpc", "google.protobuf", "uvloop", "sqlalchemy", "granary.server", "granary.bootstrap",
@@ -60,6 +61,7 @@ NOT_IN_WORKER = (
     "granary.services.bots_service", "granary.services.execution_service", "granary.supervisor",
     "aiohttp", "prometheus_client", "granary.observability.runarea", "granary.observability.serving",
     "granary.auth.cli", "granary.cleanup_cli", "granary.config_cli",  # other commands' flags
+    "rich", "granary.status_cli",
 )
 
 # A server loads the client libraries of the backends it is configured with, and no others:
