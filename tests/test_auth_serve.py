@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import base64
 import os
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import bcrypt
@@ -15,6 +18,7 @@ import grpc
 import pytest
 from authutil import Pki
 from google.longrunning import operations_pb2, operations_pb2_grpc
+from obsutil import http_url
 from reapi import digest
 from rwapi import ExecClient, final
 from serverutil import GranaryProcess, start_granary
@@ -347,6 +351,25 @@ auth:
         assert code_of(stub.BatchUpdateBlobs, upload, timeout=30) == DENIED
         assert code_of(find_missing, channel(None, None)) == grpc.StatusCode.UNAVAILABLE  # no certificate
         assert code_of(find_missing, channel(mallory_cert, mallory_key)) == grpc.StatusCode.UNAVAILABLE
+
+        # The HTTP port holds callers to the same: a certificate the client CA signed names them.
+        base = http_url(proc)
+        assert base.startswith("https://")
+
+        def get(path: str, cert: Path | None, key: Path | None) -> tuple[int, bytes]:
+            ctx = ssl.create_default_context(cafile=str(data / "ca.crt"))
+            if cert is not None:
+                ctx.load_cert_chain(cert, key)
+            with urllib.request.urlopen(base + path, context=ctx, timeout=30) as r:
+                return r.status, r.read()
+
+        status, body = get("/metrics", alice_cert, alice_key)
+        assert status == 200 and b"granary_grpc_requests_total" in body
+        assert get("/healthz", alice_cert, alice_key) == (200, b"ok\n")
+        for cert, key in ((None, None), (mallory_cert, mallory_key)):
+            with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)) as e:
+                get("/metrics", cert, key)
+            assert not isinstance(e.value, urllib.error.HTTPError), e.value  # refused in the handshake
 
 
 # ---- the secure default ---------------------------------------------------------------------------

@@ -9,7 +9,9 @@ key and more routes can be added to `HttpPort.app` before it starts (the dashboa
   `http.ready_timeout`, 503 otherwise and while the server drains at shutdown; the body says why.
 - /metrics: Prometheus text format. With `auth:` configured it needs credentials (HTTP Basic or a
   bearer token, checked like gRPC's) unless `http.metrics_public` is set.
-With `server.tls` the port speaks HTTPS with the same certificate (re-read when it changes).
+With `server.tls` the port speaks HTTPS with the same certificate (re-read when it changes), and with
+`server.tls.client_ca` it requires a client certificate that CA signed, as the gRPC port does; with
+`auth.mtls` that certificate names the caller (peer_auth_context).
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ class MetricsAccess:
         metadata = [(k.lower(), v) for k, v in request.headers.items() if k.lower() in wanted]
         challenge = {"WWW-Authenticate": 'Basic realm="granary"'}
         try:
-            identity = await authenticator.identify(metadata, None)
+            identity = await authenticator.identify(metadata, peer_auth_context(request))
         except GranaryError as e:
             raise web.HTTPUnauthorized(text=f"{e.message}\n", headers=challenge) from None
         except Exception as e:  # noqa: BLE001 - e.g. the token database is down
@@ -133,6 +135,22 @@ class MetricsAccess:
         raise web.HTTPUnauthorized(
             text="/metrics needs credentials (Authorization: Basic or Bearer), or http.metrics_public: true\n",
             headers=challenge)
+
+
+def peer_auth_context(request: web.Request) -> dict[str, list[bytes]] | None:
+    """The client certificate of an HTTPS request in the shape gRPC reports it (its auth context), so
+    `auth.mtls` names HTTP callers as it names gRPC ones; None without TLS or a certificate."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport is not None else None
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    if not cert:
+        return None
+    names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
+    alt = [value for _kind, value in cert.get("subjectAltName", ())]
+    return {
+        "transport_security_type": [b"ssl"],
+        "x509_common_name": [n.encode() for n in names],
+        "x509_subject_alternative_name": [a.encode() for a in alt],
+    }
 
 
 class HttpState:
@@ -183,10 +201,18 @@ def tls_context(files: TlsFiles) -> ssl.SSLContext:
         _read(files.key, "key")
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(files.cert, files.key)
+        if files.client_ca is not None:  # mTLS, as on the gRPC port: a certificate the CA signed
+            ctx.load_verify_locations(cafile=str(_read_path(files.client_ca)))
+            ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
 
-    def mtimes() -> tuple[int, int]:
-        return os.stat(files.cert).st_mtime_ns, os.stat(files.key).st_mtime_ns
+    def _read_path(path: Any) -> Any:
+        _read(path, "client_ca")
+        return path
+
+    def mtimes() -> tuple[int, ...]:
+        paths = [files.cert, files.key] + ([files.client_ca] if files.client_ca is not None else [])
+        return tuple(os.stat(p).st_mtime_ns for p in paths)
 
     try:
         current = [load(), mtimes()]
