@@ -137,6 +137,21 @@ def tree_rss_mib(pid: int) -> float:
     return kib / 1024
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by the server's own (Python) processes."""
+    ticks = 0
+    for p in process_tree(pid):
+        if not _is_python(p):
+            continue
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class RssSampler:
     """Samples tree_rss_mib(pid) every `interval` seconds in a thread; keeps the peak."""
 
@@ -329,6 +344,7 @@ class BazelClient:
 @dataclass
 class Samples:
     times: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # server CPU seconds per build
 
     def add(self, key: str, seconds: float) -> None:
         self.times.setdefault(key, []).append(seconds)
@@ -416,23 +432,27 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, cleanups: list[Callable[[
         for name in rotate([*caches, "none"], r):
             c = clients[name]
             c.clean()
+            cpu = _cpu_of(servers.get(name))
             res = c.build(*salt)
+            cpu_note = _cpu_note(servers.get(name), cpu, samples, f"cold/{name}")
             check(res.count(*HIT_KINDS) == 0, f"[{name}] cold build hit the cache: {res.line()}")
             check(res.count(*LOCAL_KINDS) == res.actions > 0, f"[{name}] cold build not all local: {res.line()}")
             actions.add(res.actions)
             samples.add(f"cold/{name}", res.seconds)
-            log(f"cold  {name:9s} {res.seconds:7.2f} s  ({res.line()})")
+            log(f"cold  {name:9s} {res.seconds:7.2f} s  ({res.line()}){cpu_note}")
 
     # warm: bazel clean, everything from the cache the cold builds filled
     for r in range(args.rounds):
         for name in rotate(caches, r):
             c = clients[name]
             c.clean()
+            cpu = _cpu_of(servers.get(name))
             res = c.build(*salt)
+            cpu_note = _cpu_note(servers.get(name), cpu, samples, f"warm/{name}")
             hits = res.count(*HIT_KINDS)
             check(hits == res.actions > 0, f"[{name}] warm build was not all cache hits: {res.line()}")
             samples.add(f"warm/{name}", res.seconds)
-            log(f"warm  {name:9s} {res.seconds:7.2f} s  ({res.line()})")
+            log(f"warm  {name:9s} {res.seconds:7.2f} s  ({res.line()}){cpu_note}")
 
     # remote execution on Granary's workers versus a local build
     if "rexec" in clients:
@@ -457,6 +477,20 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, cleanups: list[Callable[[
         s.peak_rss = max(s.peak_rss, s.end_rss)
 
     print_report(args, layout, actions, samples, servers)
+
+
+def _cpu_of(server: Server | None) -> float:
+    return tree_cpu_seconds(server.proc.pid) if server is not None else 0.0
+
+
+def _cpu_note(server: Server | None, before: float, samples: Samples, key: str) -> str:
+    """Record and describe the server CPU seconds one build cost (each one costs Bazel about half
+    of it in wall time on two busy cores)."""
+    if server is None:
+        return ""
+    used = tree_cpu_seconds(server.proc.pid) - before
+    samples.cpu.setdefault(key, []).append(used)
+    return f", server CPU {used:.2f} s"
 
 
 def _fmt(v: float | None) -> str:
@@ -514,6 +548,15 @@ def print_report(args: argparse.Namespace, layout: Layout, actions: set[int], sa
         met = "-" if med is None else ("yes" if med <= target else "no")
         print(f"{label:44s}{_fmt(med):>10s}{_fmt(mn):>10s}{'<= ' + format(target, '.2f'):>10s}  {met}")
     print()
+    if samples.cpu:
+        print("server CPU seconds per build (its own processes), median      cold        warm")
+        for name in ("granary", "buildgrid"):
+            cold, warm = samples.cpu.get(f"cold/{name}"), samples.cpu.get(f"warm/{name}")
+            if cold or warm:
+                c = f"{statistics.median(cold):.2f}" if cold else "-"
+                w = f"{statistics.median(warm):.2f}" if warm else "-"
+                print(f"  {name:58s}{c:>6s}{w:>12s}")
+        print()
     print("server RSS, MiB (sum over the server's own processes)      idle    peak during run   after run")
     for s in servers.values():
         print(f"  {s.name:58s}{s.idle_rss:6.0f}{s.peak_rss:18.0f}{s.end_rss:12.0f}")
