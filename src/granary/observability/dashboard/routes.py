@@ -381,9 +381,12 @@ class Dashboard:
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         visitor = await self.access.visitor(request)
-        _instance, cas, d = self._blob_target(request, visitor)
+        instance, cas, d = self._blob_target(request, visitor)
         name = views.bounded(request.query.get("name", ""), 1000, "name")
-        chunks = await cas.read(d, 0, 0)  # NOT_FOUND before any header is sent
+        try:
+            chunks = await cas.read(d, 0, 0)  # NOT_FOUND before any header is sent
+        except NotFound:
+            raise NotFound(f"blob {d} is not in the CAS of instance {instance!r}") from None
         filename = views.safe_filename(name, d.hash)
         response = web.StreamResponse(headers={
             "Content-Type": "application/octet-stream",

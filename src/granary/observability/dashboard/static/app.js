@@ -1,5 +1,5 @@
 // Granary dashboard: builds every page from the JSON under /api/v1/. Data only ever reaches the
-// page through textContent and attributes set on elements made here (never innerHTML), and links are
+// page through textContent and attributes set on elements made here (never parsed as markup), and links are
 // built from fixed paths with encoded parameters.
 "use strict";
 
