@@ -112,9 +112,11 @@
     return h("div", { class: "error", id: "error", role: "alert" }, status + e.message);
   }
 
+  // headers ending in "#" head a column of numbers (right-aligned, like its cells)
   function table(headers, rows, attrs) {
     return h("table", attrs || {},
-      h("thead", {}, h("tr", {}, headers.map((x) => h("th", {}, x)))),
+      h("thead", {}, h("tr", {}, headers.map((x) =>
+        x.endsWith("#") ? h("th", { class: "num" }, x.slice(0, -1)) : h("th", {}, x)))),
       h("tbody", {}, rows));
   }
 
@@ -290,7 +292,7 @@
           h("td", { class: "num" }, o.completed_time && o.queued_time ? dur(o.completed_time - o.queued_time) :
             o.start_time ? "running " + dur(Date.now() / 1000 - o.start_time) : "–")));
         out.replaceChildren(rows.length
-          ? table(["Stage", "Operation", "Action", "Tool / invocation", "Worker", "Exit", "Queued", "Took"], rows,
+          ? table(["Stage", "Operation", "Action", "Tool / invocation", "Worker", "Exit#", "Queued", "Took#"], rows,
             { id: "ops-table" })
           : h("p", { class: "muted", id: "ops-empty" }, "No operations match."));
         state.nextToken = data.next_page_token;
@@ -410,7 +412,7 @@
         h("td", {}, casLink(inst, x.tree_digest, short(x.tree_digest), { view: "tree" })),
         h("td", {}, x.root_directory_digest ? casLink(inst, x.root_directory_digest, short(x.root_directory_digest), { view: "directory" }) : "–")));
       out.push(section("Outputs",
-        files.length ? table(["File", "Size", "Executable", "Digest", ""], files, { id: "op-files" }) : h("p", { class: "muted" }, "No output files."),
+        files.length ? table(["File", "Size#", "Executable", "Digest", ""], files, { id: "op-files" }) : h("p", { class: "muted" }, "No output files."),
         dirs.length ? table(["Directory", "Tree", "Root directory"], dirs, { id: "op-dirs" }) : null,
         r.output_symlinks.length ? table(["Symlink", "Target"], r.output_symlinks.map((s) =>
           h("tr", {}, h("td", { class: "mono" }, s.path), h("td", { class: "mono" }, s.target)))) : null));
@@ -462,7 +464,7 @@
     ];
     const base = rows[0][1];
     let last = base;
-    return table(["Stage", "Time", "Since queued", "Step"], rows.map(([label, at]) => {
+    return table(["Stage", "Time", "Since queued#", "Step#"], rows.map(([label, at]) => {
       const step = at && last ? dur(at - last) : "–";
       if (at) last = at;
       return h("tr", {}, h("td", {}, label), h("td", { class: "mono" }, when(at)),
@@ -487,7 +489,7 @@
           h("td", {}, s.instance === "" ? "(default)" : s.instance, h("div", { class: "muted" }, "queue " + s.queue)),
           h("td", {}, props(s.properties)),
           h("td", { class: "num" }, `${s.busy_slots} / ${s.slots}`),
-          h("td", {}, s.alive ? h("span", { class: "badge ok" }, "connected") : h("span", { class: "badge stale" }, "silent"),
+          h("td", { class: "nowrap" }, s.alive ? h("span", { class: "badge ok" }, "connected") : h("span", { class: "badge stale" }, "silent"),
             h("div", { class: "muted" }, "seen " + ago(s.last_seen))),
           h("td", {}, s.jobs.length ? h("ul", { class: "jobs" }, s.jobs.map((j) => h("li", {},
             badge(j.stage), " ", casLink(j.instance, j.action_digest, short(j.action_digest), { view: "text" }),
@@ -495,9 +497,9 @@
             j.operations.map((op) => h("div", {}, opLink(op.name, "operation " + op.name.split("/").pop().slice(0, 8) + "…"),
               op.tool_name ? h("span", { class: "muted" }, " " + op.tool_name) : null))))) : h("span", { class: "muted" }, "idle"))));
         out.replaceChildren(rows.length
-          ? table(["Worker", "Instance", "Platform", "Slots busy", "State", "Current jobs"], rows, { id: "workers-table" })
-          : h("p", { class: "muted", id: "workers-empty" }, "No worker sessions."),
-        d.more ? h("p", { class: "muted" }, "Only the 1000 most recently seen sessions are listed.") : null);
+          ? table(["Worker", "Instance", "Platform", "Slots busy#", "State", "Current jobs"], rows, { id: "workers-table" })
+          : h("p", { class: "muted", id: "workers-empty" }, "No worker sessions."));
+        if (d.more) out.append(h("p", { class: "muted" }, "Only the 1000 most recently seen sessions are listed."));
         setStatus(`${d.sessions.length} session(s), updated ${new Date().toLocaleTimeString()}`);
       } catch (e) {
         out.replaceChildren(errorBox(e));
@@ -566,7 +568,7 @@
         ? link("/ui/cas", { instance: inst, digest: b.digest, view: "tree", path: b.path.split("/").slice(0, -1).join("/") }, "↑ parent directory")
         : null;
       out.push(section("Directory" + (where ? " " + where : ""), up,
-        rows.length ? table(["", "Name", "Size", "", "Digest", ""], rows, { id: "cas-listing" }) : h("p", { class: "muted" }, "empty"),
+        rows.length ? table(["", "Name", "Size#", "", "Digest", ""], rows, { id: "cas-listing" }) : h("p", { class: "muted" }, "empty"),
         b.directory.truncated ? h("p", { class: "muted" }, "Only the first 10000 entries of each kind are listed.") : null));
     } else if (b.binary) {
       out.push(section("Contents (binary, first bytes in hex)", h("pre", { class: "output", id: "cas-hex" },
