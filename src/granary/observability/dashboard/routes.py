@@ -51,6 +51,8 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",  # also on refusals, which the port's middleware does not see
+    "Cache-Control": "no-store",
 }
 PAGES = ("/ui", "/ui/", "/ui/operations", "/ui/operation", "/ui/workers", "/ui/cas")
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -392,8 +394,6 @@ class Dashboard:
             "Content-Type": "application/octet-stream",
             "Content-Disposition": f'attachment; filename="{filename}"',
             "Content-Length": str(d.size),
-            "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "no-store",
             **SECURITY_HEADERS,
         })
         await response.prepare(request)
