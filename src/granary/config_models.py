@@ -425,7 +425,7 @@ class ServerSection(Section):
 
 
 class HttpSection(Section):
-    """The HTTP port beside gRPC: /metrics (Prometheus), /healthz, /readyz (docs/observability.md)."""
+    """The HTTP port beside gRPC: /metrics (Prometheus), /healthz, /readyz, the dashboard (docs/observability.md)."""
 
     enabled: Flag = Field(True, description="Serve the HTTP port; false: no HTTP port and no metrics are kept.")
     listen: AutoListen = Field(
@@ -434,6 +434,9 @@ class HttpSection(Section):
     metrics_public: Flag = Field(
         False, description="With auth: configured, serve /metrics without credentials too (e.g. to a scraper"
                            " on a private network); /healthz and /readyz never need any.")
+    dashboard: Flag = Field(
+        True, description="Serve the web dashboard (/ui/ and /api/v1/) on the HTTP port; it asks for the same"
+                          " credentials and permissions as gRPC when auth: is configured.")
     ready_timeout: Duration = Field(
         2.0, description="How long /readyz waits for each store and the queue database before it says not ready.")
     max_instance_labels: Positive = Field(

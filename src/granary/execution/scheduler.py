@@ -269,7 +269,9 @@ class Scheduler:
 
     # ---- Operations API -----------------------------------------------------
 
-    async def _owned(self, name: str, caller: Caller) -> tuple[Any, Any]:
+    async def operation_rows(self, name: str, caller: Caller = EVERYONE) -> tuple[Any, Any]:
+        """(operation row, job row) of an operation the caller may see (GetOperation's check);
+        the dashboard shows the rows in full."""
         found = await self.queue.read(self.queue.get_operation, name)
         if found is None:
             raise NotFound(f"operation {name!r} not found")
@@ -277,29 +279,34 @@ class Scheduler:
         return found
 
     async def get_operation(self, name: str, caller: Caller = EVERYONE) -> operations_pb2.Operation:
-        return render(*await self._owned(name, caller))
+        return render(*await self.operation_rows(name, caller))
+
+    async def list_operation_rows(
+        self, instance: str, filter_text: str, page_size: int, page_token: str, caller: Caller = EVERYONE
+    ) -> tuple[list[tuple[Any, Any]], str]:
+        """The (operation, job) rows of a ListOperations page and the next page token: what
+        ListOperations renders and the dashboard shows (one filter, sort and paging for both)."""
+        if page_size < 0:
+            raise InvalidArgument(f"page_size {page_size} is negative")
+        owner = None if caller.sees_all(instance) else caller.name
+        return await self.queue.run(self.queue.list_operations, instance, filter_text, page_size, page_token, owner)
 
     async def list_operations(
         self, instance: str, filter_text: str, page_size: int, page_token: str, caller: Caller = EVERYONE
     ) -> operations_pb2.ListOperationsResponse:
         """The caller's operations on `instance`, everyone's when it may see them all (admin)."""
-        if page_size < 0:
-            raise InvalidArgument(f"page_size {page_size} is negative")
-        owner = None if caller.sees_all(instance) else caller.name
-        rows, token = await self.queue.run(
-            self.queue.list_operations, instance, filter_text, page_size, page_token, owner
-        )
+        rows, token = await self.list_operation_rows(instance, filter_text, page_size, page_token, caller)
         return operations_pb2.ListOperationsResponse(
             operations=[render(op, job) for op, job in rows], next_page_token=token
         )
 
     async def cancel_operation(self, name: str, caller: Caller = EVERYONE) -> None:
-        await self._owned(name, caller)
+        await self.operation_rows(name, caller)
         job_name, _bot = await self.queue.run(self.queue.cancel_operation, name, time.time())
         self.notifier.job_changed(job_name)
 
     async def delete_operation(self, name: str, caller: Caller = EVERYONE) -> None:
-        await self._owned(name, caller)
+        await self.operation_rows(name, caller)
         await self.queue.run(self.queue.delete_operation, name)
 
 

@@ -49,6 +49,11 @@ jobs = Table(
 )
 Index("granary_jobs_pick", jobs.c.queue, jobs.c.stage, jobs.c.priority, jobs.c.queued_time)
 Index("granary_jobs_bot", jobs.c.bot_name)
+# ListOperations (and the dashboard) newest or oldest first, by queue time or completion, without
+# sorting every operation of the instance: 0.7 ms instead of 390 ms for a page of 100,000
+# (bench/bench_dashboard.py); list_operations also filters on the job's instance so these apply.
+Index("granary_jobs_listing", jobs.c.instance, jobs.c.queued_time)
+Index("granary_jobs_listing_done", jobs.c.instance, jobs.c.completed_time)
 
 operations = Table(
     "granary_operations",

@@ -2,7 +2,8 @@
 
 Every server process serves it on the same port (SO_REUSEPORT), so any of them may answer; /metrics
 sums all of them (prometheus_client multiprocess mode). The application's state is under the STATE
-key and more routes can be added to `HttpPort.app` before it starts (the dashboard's, later).
+key and more routes can be added to `HttpPort.app` before it starts (the dashboard's:
+observability/dashboard, with `http.dashboard`).
 
 - /healthz: 200 `ok` while the process runs (a liveness probe; also while it drains).
 - /readyz: 200 when every store and the queue database answer a cheap probe within
@@ -30,6 +31,7 @@ from aiohttp import web
 from granary.errors import ConfigError, GranaryError
 
 if TYPE_CHECKING:
+    from granary.auth.identity import Identity
     from granary.auth.settings import AuthRuntime
     from granary.auth.tls import TlsFiles
     from granary.bootstrap import App
@@ -117,24 +119,33 @@ class MetricsAccess:
     async def check(self, request: web.Request) -> None:
         if self.auth is None:
             return
-        from granary.auth.authenticator import AUTHORIZATION
         from granary.auth.permissions import Permission
 
-        authenticator, policy = self.auth.authenticator, self.auth.policy
-        wanted = {AUTHORIZATION, authenticator.token_header.lower()}
-        metadata = [(k.lower(), v) for k, v in request.headers.items() if k.lower() in wanted]
-        challenge = {"WWW-Authenticate": 'Basic realm="granary"'}
-        try:
-            identity = await authenticator.identify(metadata, peer_auth_context(request))
-        except GranaryError as e:
-            raise web.HTTPUnauthorized(text=f"{e.message}\n", headers=challenge) from None
-        except Exception as e:  # noqa: BLE001 - e.g. the token database is down
-            raise web.HTTPServiceUnavailable(text=f"cannot check credentials now: {type(e).__name__}\n") from None
-        if identity.authenticated or any(policy.anonymous_may_anywhere(p) for p in Permission):
+        identity = await identify(self.auth, request)
+        if identity.authenticated or any(self.auth.policy.anonymous_may_anywhere(p) for p in Permission):
             return
         raise web.HTTPUnauthorized(
             text="/metrics needs credentials (Authorization: Basic or Bearer), or http.metrics_public: true\n",
-            headers=challenge)
+            headers=CHALLENGE)
+
+
+CHALLENGE = {"WWW-Authenticate": 'Basic realm="granary"'}
+
+
+async def identify(auth: AuthRuntime, request: web.Request) -> Identity:
+    """The caller of an HTTP request, by the gRPC port's authenticator (Authorization: Basic or
+    Bearer, or the token header); 401 for credentials it refuses, 503 when it cannot check them."""
+    from granary.auth.authenticator import AUTHORIZATION
+
+    authenticator = auth.authenticator
+    wanted = {AUTHORIZATION, authenticator.token_header.lower()}
+    metadata = [(k.lower(), v) for k, v in request.headers.items() if k.lower() in wanted]
+    try:
+        return await authenticator.identify(metadata, peer_auth_context(request))
+    except GranaryError as e:
+        raise web.HTTPUnauthorized(text=f"{e.message}\n", headers=CHALLENGE) from None
+    except Exception as e:  # noqa: BLE001 - e.g. the token database is down
+        raise web.HTTPServiceUnavailable(text=f"cannot check credentials now: {type(e).__name__}\n") from None
 
 
 def peer_auth_context(request: web.Request) -> dict[str, list[bytes]] | None:

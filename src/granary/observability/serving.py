@@ -90,6 +90,10 @@ class Observability:
         ssl_context = tls_context(self.cfg.tls.files(self.cfg.data_dir)) if self.cfg.tls is not None else None
         host, port = self.address
         self._http = HttpPort(host, port, state, ssl_context)
+        if self.cfg.http.dashboard:
+            from granary.observability.dashboard.routes import Dashboard
+
+            Dashboard(self.cfg, self.app, self.auth, self.render_metrics).register(self._http.app)
         await self._http.start()
         self._sampling = asyncio.ensure_future(self._sample_forever())
 
