@@ -134,7 +134,8 @@ CHALLENGE = {"WWW-Authenticate": 'Basic realm="granary"'}
 
 async def identify(auth: AuthRuntime, request: web.Request) -> Identity:
     """The caller of an HTTP request, by the gRPC port's authenticator (Authorization: Basic or
-    Bearer, or the token header); 401 for credentials it refuses, 503 when it cannot check them."""
+    Bearer, the token header, or with auth.mtls the TLS client certificate); 401 for credentials it
+    refuses, 503 when it cannot check them."""
     from granary.auth.authenticator import AUTHORIZATION
 
     authenticator = auth.authenticator
