@@ -17,7 +17,7 @@ class Snapshot:
 
     at: float
     requests: float = 0.0  # gRPC calls finished
-    errors: float = 0.0  # of which not OK and not NOT_FOUND
+    errors: float = 0.0  # of which not OK, NOT_FOUND (a cache miss) or CANCELLED (the client gave up)
     hits: float = 0.0  # Action Cache lookups that found a result
     misses: float = 0.0
     bytes_in: float = 0.0  # gRPC request bytes
@@ -52,7 +52,9 @@ def parse(text: str, at: float | None = None) -> Snapshot:
             name, labels, value = sample.name, sample.labels, sample.value
             if name == "granary_grpc_requests_total":
                 snap.requests += value
-                if labels.get("code") not in ("OK", "NOT_FOUND"):
+                # CANCELLED is the client's doing: a worker cuts its long poll short each time it
+                # has a result to report, and Bazel cancels what it no longer needs
+                if labels.get("code") not in ("OK", "NOT_FOUND", "CANCELLED"):
                     snap.errors += value
                 key = f"{labels.get('service', '').rsplit('.', 1)[-1]}/{labels.get('method', '')}"
                 snap.by_method[key] = snap.by_method.get(key, 0.0) + value
