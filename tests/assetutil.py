@@ -38,7 +38,7 @@ class Origin:
             def log_message(self, *args) -> None:  # quiet
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 origin.requests.append((self.path, dict(self.headers.items())))
                 parts = urlsplit(self.path)
                 path = parts.path
@@ -95,7 +95,7 @@ class Origin:
         self.server.shutdown()
         self.server.server_close()
 
-    def __enter__(self) -> Origin:
+    def __enter__(self) -> Origin:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:
