@@ -443,3 +443,16 @@ def test_services_are_off_without_the_section(tmp_path):
             c.fetch_blob(["http://127.0.0.1/x"])
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
         c.close()
+
+
+def test_auth_fetch_needs_cache_read_and_push_needs_ac_write(tmp_path, origin):
+    origin.files["/a"] = b"a"
+    cfg = config(extra='auth:\n  anonymous: [{instance: "", permissions: [cache-read]}]\n')
+    with start_granary(tmp_path / "g", cfg) as g:
+        c = AssetClient(g.address)
+        assert c.fetch_blob([origin.url("/a")], {"checksum.sri": sri(b"a")}).blob_digest == digest(b"a")
+        with pytest.raises(grpc.RpcError) as e:
+            c.push.PushBlob(ra_pb2.PushBlobRequest(uris=["urn:a"], blob_digest=digest(b"a")))
+        assert e.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+        assert "ac-write" in e.value.details()
+        c.close()
