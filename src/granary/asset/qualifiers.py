@@ -56,7 +56,7 @@ class UnsupportedQualifiers(InvalidArgument):
         listed = ", ".join(repr(n) for n in names)
         super().__init__(
             f"qualifiers not supported by this server: {listed} (supported: {CHECKSUM_SRI}, {CANONICAL_ID},"
-            f" {AUTH_HEADERS}, {HEADER_PREFIX}NAME, {HEADER_URL_PREFIX}N:NAME, {RESOURCE_TYPE})"
+            f" {AUTH_HEADERS}, {HEADER_PREFIX}NAME, {HEADER_URL_PREFIX}N:NAME; {RESOURCE_TYPE} for FetchDirectory)"
         )
         bad = error_details_pb2.BadRequest(
             field_violations=[
