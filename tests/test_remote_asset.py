@@ -105,6 +105,22 @@ def test_fetch_blob_then_served_from_records_without_origin(tmp_path, origin):
         c.close()
 
 
+def test_server_processes_share_the_records(tmp_path, origin):
+    data = b"shared by processes"
+    origin.files["/s"] = data
+    with start_granary(tmp_path / "g", config(), processes=2) as g:
+        c = AssetClient(g.address)
+        assert c.fetch_blob([origin.url("/s")], {"checksum.sri": sri(data)}).blob_digest == digest(data)
+        c.close()
+        url = origin.url("/s")
+        origin.stop()
+        # new connections land on either process (SO_REUSEPORT); each must answer from the shared record
+        for _ in range(12):
+            c = AssetClient(g.address)
+            assert c.fetch_blob([url], {"checksum.sri": sri(data)}).blob_digest == digest(data)
+            c.close()
+
+
 def test_record_whose_blob_left_the_cas_is_not_returned(tmp_path, origin):
     data = b"evicted content " * 100
     origin.files["/e"] = data

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -228,8 +229,7 @@ class RemoteAssets:
                     self._fetch_and_record(request.instance_name, kind, function, uri, index, key, timeout, origin)
                 )
                 self._inflight[flight] = task
-                task.add_done_callback(lambda t, f=flight: self._inflight.pop(f, None) if self._inflight.get(f) is t
-                                       else None)
+                task.add_done_callback(functools.partial(self._landed, flight))
             try:
                 return uri, await asyncio.shield(task)
             except GranaryError as e:
@@ -240,6 +240,14 @@ class RemoteAssets:
         if self.cfg.fetch_errors == "rpc":
             raise first
         return first_uri, first
+
+    def _landed(self, flight: tuple, task: asyncio.Task) -> None:
+        """A download ended: forget it, and take its error (its caller may be gone, and asyncio
+        would log an error nobody retrieved)."""
+        if self._inflight.get(flight) is task:
+            del self._inflight[flight]
+        if not task.cancelled():
+            task.exception()
 
     async def _fetch_and_record(
         self,

@@ -82,13 +82,19 @@ class AssetRecords:
         self.is_postgres = self.engine.dialect.name == "postgresql"
 
     def create_schema(self) -> None:
-        try:
-            with self.engine.begin() as conn:
-                if self.is_postgres:  # several processes may start at once
-                    conn.execute(text("SELECT pg_advisory_xact_lock(7426336)"))
-                metadata.create_all(conn, checkfirst=True)
-        except OperationalError as e:
-            raise ConfigError(f"remote_asset.database: cannot open {self.safe_url()}: {e.orig}") from None
+        """Create the table; several server processes may do so at once on a new database."""
+        for attempt in range(10):
+            try:
+                with self.engine.begin() as conn:
+                    if self.is_postgres:
+                        conn.execute(text("SELECT pg_advisory_xact_lock(7426337)"))
+                    metadata.create_all(conn, checkfirst=True)
+                return
+            except OperationalError as e:
+                # SQLite: another process created the table between our check and our CREATE
+                if attempt == 9 or "already exists" not in str(e.orig):
+                    raise ConfigError(f"remote_asset.database: cannot open {self.safe_url()}: {e.orig}") from None
+                time.sleep(0.05)
 
     def safe_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
