@@ -105,10 +105,12 @@ def test_fetch_blob_then_served_from_records_without_origin(tmp_path, origin):
         c.close()
 
 
-def test_server_processes_share_the_records(tmp_path, origin):
+def test_server_processes_share_the_records(tmp_path, origin, database):
+    """`database` (conftest): the default SQLite file, then a PostgreSQL database."""
     data = b"shared by processes"
     origin.files["/s"] = data
-    with start_granary(tmp_path / "g", config(), processes=2) as g:
+    extra = f'  database: "{database}"\n' if database else ""
+    with start_granary(tmp_path / "g", config(extra=extra), processes=2) as g:
         c = AssetClient(g.address)
         assert c.fetch_blob([origin.url("/s")], {"checksum.sri": sri(data)}).blob_digest == digest(data)
         c.close()
