@@ -328,6 +328,19 @@ class BazelClient:
     def clean(self) -> None:
         self.run("clean")
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds the Bazel server (the JVM, not the compilers it runs) has used so far."""
+        total = 0.0
+        for pid_file in self.root.glob("*/server/server.pid.txt"):
+            try:
+                pid = int(pid_file.read_text().strip())
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, ValueError, IndexError):
+                pass
+        return total
+
     def shutdown(self) -> None:
         if not self.started:
             return
@@ -345,6 +358,7 @@ class BazelClient:
 class Samples:
     times: dict[str, list[float]] = field(default_factory=dict)
     cpu: dict[str, list[float]] = field(default_factory=dict)  # server CPU seconds per build
+    jvm: dict[str, list[float]] = field(default_factory=dict)  # the Bazel server's own CPU seconds per build
 
     def add(self, key: str, seconds: float) -> None:
         self.times.setdefault(key, []).append(seconds)
@@ -432,9 +446,10 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, cleanups: list[Callable[[
         for name in rotate([*caches, "none"], r):
             c = clients[name]
             c.clean()
-            cpu = _cpu_of(servers.get(name))
+            cpu, jvm = _cpu_of(servers.get(name)), c.cpu_seconds()
             res = c.build(*salt)
             cpu_note = _cpu_note(servers.get(name), cpu, samples, f"cold/{name}")
+            cpu_note += _jvm_note(c, jvm, samples, f"cold/{name}")
             check(res.count(*HIT_KINDS) == 0, f"[{name}] cold build hit the cache: {res.line()}")
             check(res.count(*LOCAL_KINDS) == res.actions > 0, f"[{name}] cold build not all local: {res.line()}")
             actions.add(res.actions)
@@ -446,9 +461,10 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, cleanups: list[Callable[[
         for name in rotate(caches, r):
             c = clients[name]
             c.clean()
-            cpu = _cpu_of(servers.get(name))
+            cpu, jvm = _cpu_of(servers.get(name)), c.cpu_seconds()
             res = c.build(*salt)
             cpu_note = _cpu_note(servers.get(name), cpu, samples, f"warm/{name}")
+            cpu_note += _jvm_note(c, jvm, samples, f"warm/{name}")
             hits = res.count(*HIT_KINDS)
             check(hits == res.actions > 0, f"[{name}] warm build was not all cache hits: {res.line()}")
             samples.add(f"warm/{name}", res.seconds)
@@ -491,6 +507,12 @@ def _cpu_note(server: Server | None, before: float, samples: Samples, key: str) 
     used = tree_cpu_seconds(server.proc.pid) - before
     samples.cpu.setdefault(key, []).append(used)
     return f", server CPU {used:.2f} s"
+
+
+def _jvm_note(client: BazelClient, before: float, samples: Samples, key: str) -> str:
+    used = client.cpu_seconds() - before
+    samples.jvm.setdefault(key, []).append(used)
+    return f", Bazel JVM CPU {used:.2f} s"
 
 
 def _fmt(v: float | None) -> str:
@@ -548,14 +570,19 @@ def print_report(args: argparse.Namespace, layout: Layout, actions: set[int], sa
         met = "-" if med is None else ("yes" if med <= target else "no")
         print(f"{label:44s}{_fmt(med):>10s}{_fmt(mn):>10s}{'<= ' + format(target, '.2f'):>10s}  {met}")
     print()
-    if samples.cpu:
-        print("server CPU seconds per build (its own processes), median      cold        warm")
-        for name in ("granary", "buildgrid"):
-            cold, warm = samples.cpu.get(f"cold/{name}"), samples.cpu.get(f"warm/{name}")
+    for title, table, names in (
+            ("server CPU seconds per build (its own processes), median", samples.cpu, ("granary", "buildgrid")),
+            ("Bazel JVM CPU seconds per build (not the compilers), median", samples.jvm,
+             ("granary", "buildgrid", "disk", "none"))):
+        if not table:
+            continue
+        print(f"{title:62s}{'cold':>6s}{'warm':>12s}")
+        for name in names:
+            cold, warm = table.get(f"cold/{name}"), table.get(f"warm/{name}")
             if cold or warm:
                 c = f"{statistics.median(cold):.2f}" if cold else "-"
                 w = f"{statistics.median(warm):.2f}" if warm else "-"
-                print(f"  {name:58s}{c:>6s}{w:>12s}")
+                print(f"  {name:60s}{c:>6s}{w:>12s}")
         print()
     print("server RSS, MiB (sum over the server's own processes)      idle    peak during run   after run")
     for s in servers.values():

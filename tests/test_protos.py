@@ -24,6 +24,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 
+from granary._proto.build.bazel.remote.asset.v1 import remote_asset_pb2 as ra_pb2
 from granary._proto.build.bazel.remote.execution.v2 import (
     remote_execution_pb2 as re_pb2,
 )
@@ -85,6 +86,8 @@ def test_expected_modules_exist():
         "granary._proto.build.bazel.remote.execution.v2.remote_execution_pb2",
         "granary._proto.build.bazel.remote.execution.v2.remote_execution_pb2_grpc",
         "granary._proto.build.bazel.semver.semver_pb2",
+        "granary._proto.build.bazel.remote.asset.v1.remote_asset_pb2",
+        "granary._proto.build.bazel.remote.asset.v1.remote_asset_pb2_grpc",
         "granary._proto.google.bytestream.bytestream_pb2",
         "granary._proto.google.bytestream.bytestream_pb2_grpc",
         "granary._proto.google.devtools.remoteworkers.v1test2.bots_pb2",
@@ -112,6 +115,8 @@ def test_descriptor_file_names_and_packages():
     assert bytestream_pb2.DESCRIPTOR.package == "google.bytestream"
     assert bots_pb2.DESCRIPTOR.package == "google.devtools.remoteworkers.v1test2"
     assert publish_build_event_pb2.DESCRIPTOR.package == "google.devtools.build.v1"
+    assert ra_pb2.DESCRIPTOR.name == "build/bazel/remote/asset/v1/remote_asset.proto"
+    assert ra_pb2.DESCRIPTOR.package == "build.bazel.remote.asset.v1"
 
 
 def test_longrunning_operation_is_shared_with_googleapis():
@@ -131,6 +136,32 @@ def test_longrunning_operation_is_shared_with_googleapis():
     "cls, field, number",
     [
         (re_pb2.Digest, "hash", 1),
+        (ra_pb2.Qualifier, "name", 1),
+        (ra_pb2.Qualifier, "value", 2),
+        (ra_pb2.FetchBlobRequest, "instance_name", 1),
+        (ra_pb2.FetchBlobRequest, "timeout", 2),
+        (ra_pb2.FetchBlobRequest, "oldest_content_accepted", 3),
+        (ra_pb2.FetchBlobRequest, "uris", 4),
+        (ra_pb2.FetchBlobRequest, "qualifiers", 5),
+        (ra_pb2.FetchBlobRequest, "digest_function", 6),
+        (ra_pb2.FetchBlobResponse, "status", 1),
+        (ra_pb2.FetchBlobResponse, "uri", 2),
+        (ra_pb2.FetchBlobResponse, "qualifiers", 3),
+        (ra_pb2.FetchBlobResponse, "expires_at", 4),
+        (ra_pb2.FetchBlobResponse, "blob_digest", 5),
+        (ra_pb2.FetchBlobResponse, "digest_function", 6),
+        (ra_pb2.FetchDirectoryRequest, "uris", 4),
+        (ra_pb2.FetchDirectoryResponse, "root_directory_digest", 5),
+        (ra_pb2.PushBlobRequest, "instance_name", 1),
+        (ra_pb2.PushBlobRequest, "uris", 2),
+        (ra_pb2.PushBlobRequest, "qualifiers", 3),
+        (ra_pb2.PushBlobRequest, "expire_at", 4),
+        (ra_pb2.PushBlobRequest, "blob_digest", 5),
+        (ra_pb2.PushBlobRequest, "references_blobs", 6),
+        (ra_pb2.PushBlobRequest, "references_directories", 7),
+        (ra_pb2.PushBlobRequest, "digest_function", 8),
+        (ra_pb2.PushDirectoryRequest, "root_directory_digest", 5),
+        (ra_pb2.PushDirectoryRequest, "digest_function", 8),
         (re_pb2.Digest, "size_bytes", 2),
         (re_pb2.Action, "command_digest", 1),
         (re_pb2.Action, "input_root_digest", 2),
@@ -427,6 +458,20 @@ def _method_shape(file_descriptor, service: str, method: str):
             (False, False, "GetCapabilitiesRequest", "ServerCapabilities"),
         ),
         (bytestream_pb2.DESCRIPTOR, "ByteStream", "Read", (False, True, "ReadRequest", "ReadResponse")),
+        (ra_pb2.DESCRIPTOR, "Fetch", "FetchBlob", (False, False, "FetchBlobRequest", "FetchBlobResponse")),
+        (
+            ra_pb2.DESCRIPTOR,
+            "Fetch",
+            "FetchDirectory",
+            (False, False, "FetchDirectoryRequest", "FetchDirectoryResponse"),
+        ),
+        (ra_pb2.DESCRIPTOR, "Push", "PushBlob", (False, False, "PushBlobRequest", "PushBlobResponse")),
+        (
+            ra_pb2.DESCRIPTOR,
+            "Push",
+            "PushDirectory",
+            (False, False, "PushDirectoryRequest", "PushDirectoryResponse"),
+        ),
         (bytestream_pb2.DESCRIPTOR, "ByteStream", "Write", (True, False, "WriteRequest", "WriteResponse")),
         (
             bytestream_pb2.DESCRIPTOR,

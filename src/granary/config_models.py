@@ -547,6 +547,46 @@ class ExecutionConfig(Section):
         return self
 
 
+class RemoteAssetConfig(Section):
+    """The Remote Asset API (Fetch and Push, docs/remote-asset.md) on every instance."""
+
+    allowed_hosts: list[Text] = Field(
+        default_factory=list,
+        description="Hosts FetchBlob/FetchDirectory may download from: exact names or IPs, or *.example.com"
+                    " for any subdomain; empty: none (every download is refused unless allow_all_hosts).")
+    allow_all_hosts: Flag = Field(False, description="Download from any http(s) host (ignores allowed_hosts).")
+    max_size: Size = Field(1 << 30, description="Largest download (bytes); a larger one is refused.")
+    default_timeout: Duration = Field(60.0, description="Time limit of a download whose request sets none.")
+    max_timeout: Duration = Field(600.0, description="Longest download time a request may ask for; longer is clamped.")
+    max_concurrent_fetches: Positive = Field(
+        8, description="Downloads one server process runs at once; further requests wait.")
+    max_redirects: Count = Field(5, description="HTTP redirects followed (each to an allowed host only).")
+    fetch_errors: Literal["rpc", "response"] = Field(
+        "rpc", description="Where a failed download is reported: rpc (the call fails with the code; Bazel 4.x"
+                           " reads only this) or response (FetchBlobResponse.status, the call succeeds).")
+    database: SqlUrl | None = Field(
+        None, description="Database of the fetched/pushed URI -> digest records (SQLAlchemy URL); default:"
+                          " <data dir>/remote-asset.sqlite; postgresql+psycopg://... to share it between servers.")
+    retention: Duration = Field(
+        30 * 86400.0, description="A downloaded record is reused this long, then forgotten; pushed records"
+                                  " live until their expire_at (or this long if they set none).")
+    archive_max_files: Positive = Field(100_000, description="FetchDirectory: most entries an archive may unpack to.")
+    archive_max_size: Size = Field(
+        4 << 30, description="FetchDirectory: most bytes an archive may unpack to.")
+    archive_max_ratio: Positive = Field(
+        200, description="FetchDirectory: most unpacked bytes per downloaded byte (refuses decompression bombs).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RemoteAssetConfig:
+        for key in ("default_timeout", "max_timeout", "retention"):
+            if getattr(self, key) <= 0:
+                raise problem("must be above 0", key=key)
+        if self.default_timeout > self.max_timeout:
+            raise problem(f"{self.default_timeout:g}s is above remote_asset.max_timeout ({self.max_timeout:g}s)",
+                          key="default_timeout")
+        return self
+
+
 class GranaryConfig(Section):
     """granary.yaml: the configuration of `granary serve`."""
 
@@ -563,6 +603,8 @@ class GranaryConfig(Section):
         None, description="Authentication and per-instance permissions (docs/security.md); absent: no checks.")
     http: HttpSection = Field(
         default_factory=HttpSection, description="The HTTP port: metrics, health and readiness (docs/observability.md).")
+    remote_asset: RemoteAssetConfig | None = Field(
+        None, description="The Remote Asset API (Fetch, Push) on every instance (docs/remote-asset.md); absent: off.")
 
     @model_validator(mode="before")
     @classmethod
@@ -576,6 +618,8 @@ class GranaryConfig(Section):
                     data[key] = _named(data[key])
             if "execution" in data and data["execution"] is None:
                 data["execution"] = {}  # `execution:` alone turns execution on with the defaults
+            if "remote_asset" in data and data["remote_asset"] is None:
+                data["remote_asset"] = {}  # likewise `remote_asset:` with the defaults (no download host)
         return data
 
     @field_validator("instances")

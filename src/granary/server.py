@@ -195,6 +195,24 @@ def add_execution_services(server: grpc.aio.Server, app, policy: Policy | None =
     return [execution.full_name, operations.full_name, bots.full_name]
 
 
+def add_asset_services(server: grpc.aio.Server, cfg: Config, app, client_key) -> tuple[list[str], Any]:
+    """Remote Asset Fetch and Push when the file has a remote_asset section; -> (service names, the
+    RemoteAssets to start and close, or None)."""
+    asset_cfg = getattr(cfg.file, "remote_asset", None)
+    if asset_cfg is None:
+        return [], None
+    from granary._proto.build.bazel.remote.asset.v1 import remote_asset_pb2 as ra_pb2
+    from granary.asset.assets import RemoteAssets
+    from granary.services.asset_service import FetchService, PushService
+
+    assets = RemoteAssets(asset_cfg, app.instances, cfg.data_dir)
+    fetch = ra_pb2.DESCRIPTOR.services_by_name["Fetch"]
+    push = ra_pb2.DESCRIPTOR.services_by_name["Push"]
+    add_servicer(server, FetchService(assets, client_key), fetch)
+    add_servicer(server, PushService(assets), push)
+    return [fetch.full_name, push.full_name], assets
+
+
 async def drain(
     gate: DrainGate, farm: ExecutionFarm | None, workers: Workers | None, timeout: float
 ) -> None:
@@ -251,6 +269,8 @@ async def serve(
     services.append(bs_pb2.DESCRIPTOR.services_by_name["ByteStream"].full_name)
     if app.execution is not None:
         services += add_execution_services(server, app, auth.policy if auth is not None else None, obs.instances)
+    asset_services, assets = add_asset_services(server, cfg, app, client_key)
+    services += asset_services
     obs.add_grpc_services(server, services)
     address = f"[{cfg.host}]:{port}" if ":" in cfg.host else f"{cfg.host}:{port}"
     try:
@@ -269,6 +289,8 @@ async def serve(
         raise
     tasks = [asyncio.ensure_future(cas.uploads.run_expiry()) for cas in app.cas_by_store.values()]
     tasks += [asyncio.ensure_future(j.run()) for j in app.janitors if j.interval]
+    if assets is not None:
+        tasks.append(asyncio.ensure_future(assets.run_expiry()))
     if app.execution is not None:
         await app.execution.start()
     stop = asyncio.Event()
@@ -284,6 +306,8 @@ async def serve(
     for t in tasks:
         t.cancel()
     trim.close()
+    if assets is not None:
+        await assets.close()
     await app.close()
     if auth is not None:
         auth.close()

@@ -86,6 +86,7 @@ _CAS = _RE + "ContentAddressableStorage/"
 _BS = "/google.bytestream.ByteStream/"
 _OPS = "/google.longrunning.Operations/"
 _BOTS = "/google.devtools.remoteworkers.v1test2.Bots/"
+_ASSET = "/build.bazel.remote.asset.v1."
 R, W = Permission.CACHE_READ, Permission.CACHE_WRITE
 
 METHOD_RULES: dict[str, MethodRule] = {
@@ -108,6 +109,11 @@ METHOD_RULES: dict[str, MethodRule] = {
     _OPS + "CancelOperation": MethodRule(AUTHENTICATED),
     _OPS + "DeleteOperation": MethodRule(AUTHENTICATED),
     _OPS + "WaitOperation": MethodRule(AUTHENTICATED),
+    # Fetch only stores what an allowed origin serves; Push vouches for content like an action result
+    _ASSET + "Fetch/FetchBlob": MethodRule(R, _instance_name),
+    _ASSET + "Fetch/FetchDirectory": MethodRule(R, _instance_name),
+    _ASSET + "Push/PushBlob": MethodRule(Permission.AC_WRITE, _instance_name),
+    _ASSET + "Push/PushDirectory": MethodRule(Permission.AC_WRITE, _instance_name),
     _BOTS + "CreateBotSession": MethodRule(Permission.WORKER, _bots_parent),
     _BOTS + "UpdateBotSession": MethodRule(Permission.WORKER, _bot_session_parent),
     _BOTS + "PostBotEventTemp": MethodRule(Permission.WORKER, _bot_session_parent),

@@ -121,6 +121,8 @@ _BY_SERVICE: dict[str, Callable[[Any], str]] = {
     "build.bazel.remote.execution.v2.ActionCache": _instance_name,
     "build.bazel.remote.execution.v2.Capabilities": _instance_name,
     "build.bazel.remote.execution.v2.Execution": _instance_name,
+    "build.bazel.remote.asset.v1.Fetch": _instance_name,
+    "build.bazel.remote.asset.v1.Push": _instance_name,
     "google.longrunning.Operations": lambda r: _OPERATION(r.name),
 }
 

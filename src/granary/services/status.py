@@ -29,6 +29,7 @@ def rich_status(err: GranaryError) -> status_pb2.Status:
         detail = any_pb2.Any()
         detail.Pack(failure)
         status.details.append(detail)
+    status.details.extend(getattr(err, "details", ()))  # packed google.rpc details an error carries
     return status
 
 
@@ -39,7 +40,7 @@ def status_of(err: GranaryError) -> status_pb2.Status:
 
 async def abort(context: grpc.aio.ServicerContext, err: GranaryError) -> None:
     metadata = ()
-    if isinstance(err, FailedPrecondition) and err.violations:
+    if (isinstance(err, FailedPrecondition) and err.violations) or getattr(err, "details", None):
         metadata = (("grpc-status-details-bin", rich_status(err).SerializeToString()),)
     await context.abort(err.code, err.message, trailing_metadata=metadata)
 
