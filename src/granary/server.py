@@ -32,6 +32,7 @@ from granary.auth.localworker import SOCKET_ENV, LocalWorkerKey
 from granary.auth.permissions import Policy
 from granary.auth.settings import build_auth
 from granary.auth.tls import server_credentials
+from granary.bes.wiring import add_build_event_services
 from granary.bootstrap import build_app
 from granary.config import Config
 from granary.errors import ConfigError
@@ -251,6 +252,8 @@ async def serve(
     services.append(bs_pb2.DESCRIPTOR.services_by_name["ByteStream"].full_name)
     if app.execution is not None:
         services += add_execution_services(server, app, auth.policy if auth is not None else None, obs.instances)
+    bes = add_build_event_services(server, cfg, client_key)  # None: build_events.enabled is false
+    services += bes.services if bes is not None else []
     obs.add_grpc_services(server, services)
     address = f"[{cfg.host}]:{port}" if ":" in cfg.host else f"{cfg.host}:{port}"
     try:
@@ -271,6 +274,8 @@ async def serve(
     tasks += [asyncio.ensure_future(j.run()) for j in app.janitors if j.interval]
     if app.execution is not None:
         await app.execution.start()
+    if bes is not None:
+        bes.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -283,6 +288,8 @@ async def serve(
     await obs.close()
     for t in tasks:
         t.cancel()
+    if bes is not None:
+        bes.close()
     trim.close()
     await app.close()
     if auth is not None:
