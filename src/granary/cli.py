@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # configuration models, server modules or other commands' flags; the server processes what
 # their supervisor imported for them (granary.preload).
 
-OWN_PARSERS = ("serve", "cleanup", "worker", "config")  # commands whose parser is built alone
+OWN_PARSERS = ("serve", "cleanup", "worker", "config", "builds", "build")  # commands whose parser is built alone
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -72,6 +72,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         from granary import config_cli
 
         config_cli.add_parser(sub)
+    if "builds" in wanted or "build" in wanted:
+        from granary.bes import cli as bes_cli
+
+        bes_cli.add_parsers(sub)
     if command not in OWN_PARSERS:
         from granary.auth import cli as auth_cli
 
@@ -172,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             from granary import config_cli
 
             return config_cli.cmd_config(args)
+        if args.command in ("builds", "build"):
+            from granary.bes import cli as bes_cli
+
+            return bes_cli.cmd_builds(args) if args.command == "builds" else bes_cli.cmd_build(args)
         from granary.auth import cli as auth_cli
 
         if args.command in auth_cli.COMMANDS:
