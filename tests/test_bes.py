@@ -56,10 +56,9 @@ def server(tmp_path, database):
 
 def publish(channel, requests):
     """-> (acknowledged sequence numbers, the error that ended the call or None)."""
-    acks = []
+    acks: list = []
     try:
-        for a in publish_stub(channel).PublishBuildToolEventStream(iter(requests), timeout=60):
-            acks.append(a)
+        acks.extend(publish_stub(channel).PublishBuildToolEventStream(iter(requests), timeout=60))
         return acks, None
     except grpc.RpcError as e:
         return acks, e

@@ -113,6 +113,12 @@ def _result(s: Any) -> str:
     return s.result
 
 
+def _line(text: str) -> str:
+    """The first line of a multi-line message (Bazel's often end in advice about flags)."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[0] + (" ..." if len(lines) > 1 else "") if lines else ""
+
+
 def cmd_builds(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
@@ -170,7 +176,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     ]
     lines.append(f"targets ({len(d.targets)}):")
     for t in d.targets:
-        outcome = "success" if t.success else f"FAILED{': ' + t.failure if t.failure else ''}"
+        outcome = "success" if t.success else f"FAILED{': ' + _line(t.failure) if t.failure else ''}"
         lines.append(f"  {t.label}  {t.kind or '-'}  {outcome}")
     if d.tests:
         lines.append(f"tests ({len(d.tests)}):")
@@ -183,6 +189,6 @@ def cmd_build(args: argparse.Namespace) -> int:
         from granary.bes.decode import describe
 
         for f in d.failures:
-            lines.append(f"  {f.kind}  {describe(f)}")
+            lines.append(f"  {f.kind}  {_line(describe(f))}")
     print("\n".join(lines))
     return 0
