@@ -1,4 +1,8 @@
-"""Building the Build Event Service from the configuration and adding it to a server."""
+"""Building the Build Event Service from the configuration and adding it to a server.
+
+Imported with granary.server, so a supervisor's server processes share these modules
+(granary.preload) instead of each importing its own copy.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,15 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from granary._proto.google.devtools.build.v1 import publish_build_event_pb2
+from granary._proto.granary.builds.v1 import builds_pb2
 from granary.bes.ingest import Ingest, Limits
 from granary.bes.query import Queries
 from granary.bes.store import EventStore
 from granary.config_models import BuildEventsSection
 from granary.extras import require_database
+from granary.services.bes_service import BuildEventsService, PublishBuildEventService
+from granary.services.registry import add_servicer
 from granary.sql import resolve_url
 
 if TYPE_CHECKING:
@@ -54,11 +62,6 @@ def add_build_event_services(server: grpc.aio.Server, cfg: Config, client_key: C
     s = settings(cfg)
     if not s.enabled:
         return None
-    from granary._proto.google.devtools.build.v1 import publish_build_event_pb2
-    from granary._proto.granary.builds.v1 import builds_pb2
-    from granary.services.bes_service import BuildEventsService, PublishBuildEventService
-    from granary.services.registry import add_servicer
-
     url = database_url(cfg)
     require_database(url, "build_events.database")
     store = EventStore(url, max_events_per_stream=s.max_events_per_stream)
