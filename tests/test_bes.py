@@ -262,3 +262,50 @@ def test_cli_lists_builds_and_shows_one_decoded(server, database):
     assert data["summary"]["patterns"] == ["//gen:fine", "//gen:broken"] and data["summary"]["user"] == "alice"
     missing = granary_cli("build", "no-such-invocation", "--server", server.url)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_with_auth_publishing_needs_cache_write_and_querying_cache_read(tmp_path):
+    import base64
+
+    import bcrypt
+
+    users = {"builder": "b-secret", "reader": "r-secret"}
+    data = tmp_path / "granary-data"
+    data.mkdir(parents=True)
+    (data / "htpasswd").write_text("".join(
+        f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}\n" for u, p in users.items()))
+    cfg = BASE + """auth:
+  htpasswd: htpasswd
+  rules:
+    - {identities: [builder], permissions: [cache-write]}
+    - {identities: [reader], permissions: [cache-read]}
+"""
+
+    def as_user(user):
+        token = base64.b64encode(f"{user}:{users[user]}".encode()).decode()
+        return (("authorization", f"Basic {token}"),)
+
+    def code(fn, *args, **kw):
+        try:
+            fn(*args, **kw)
+        except grpc.RpcError as e:
+            return e.code()
+        return grpc.StatusCode.OK
+
+    with start_granary(tmp_path, cfg) as g, grpc.insecure_channel(g.address) as ch:
+        stub, q = publish_stub(ch), query_stub(ch)
+
+        def stream(metadata=()):
+            return list(stub.PublishBuildToolEventStream(iter([tool_request("auth", "inv", 1)]), metadata=metadata))
+
+        lifecycle = lifecycle_request("auth", "", 1, "enqueued")
+        assert code(stream) == grpc.StatusCode.UNAUTHENTICATED
+        assert code(stub.PublishLifecycleEvent, lifecycle) == grpc.StatusCode.UNAUTHENTICATED
+        assert code(stream, as_user("reader")) == grpc.StatusCode.PERMISSION_DENIED
+        assert code(stream, as_user("builder")) == grpc.StatusCode.OK
+        assert code(stub.PublishLifecycleEvent, lifecycle, metadata=as_user("builder")) == grpc.StatusCode.OK
+        listing = builds_pb2.ListInvocationsRequest()
+        assert code(q.ListInvocations, listing) == grpc.StatusCode.UNAUTHENTICATED
+        assert code(q.ListInvocations, listing, metadata=as_user("builder")) == grpc.StatusCode.PERMISSION_DENIED
+        page = q.QueryEvents(builds_pb2.QueryEventsRequest(stream_id_regex="^auth/"), metadata=as_user("reader"))
+        assert sorted(e.stream_name for e in page.events) == ["auth//CONTROLLER", "auth/inv/TOOL"]
