@@ -309,3 +309,24 @@ def test_with_auth_publishing_needs_cache_write_and_querying_cache_read(tmp_path
         assert code(q.ListInvocations, listing, metadata=as_user("builder")) == grpc.StatusCode.PERMISSION_DENIED
         page = q.QueryEvents(builds_pb2.QueryEventsRequest(stream_id_regex="^auth/"), metadata=as_user("reader"))
         assert sorted(e.stream_name for e in page.events) == ["auth//CONTROLLER", "auth/inv/TOOL"]
+
+
+def test_test_results_are_decoded_and_counted(server, database):
+    from granary._proto.build_event_stream import build_event_stream_pb2 as bep
+
+    inv = str(uuid.uuid4())
+    events = bazel_build(inv, ["//t:ok", "//t:bad"])
+    events[0].started.command = "test"
+    for label, status in (("//t:ok", bep.PASSED), ("//t:bad", bep.FAILED)):
+        events.insert(-2, bep.BuildEvent(
+            id=bep.BuildEventId(test_summary=bep.BuildEventId.TestSummaryId(label=label)),
+            test_summary=bep.TestSummary(overall_status=status, total_run_count=2, total_run_duration_millis=1500,
+                                         total_num_cached=1 if status == bep.PASSED else 0)))
+    with grpc.insecure_channel(server.address) as ch:
+        assert publish(ch, [tool_request("t", inv, i + 1, ev) for i, ev in enumerate(events)])[1] is None
+        d = query_stub(ch).GetInvocation(builds_pb2.GetInvocationRequest(invocation_id=inv))
+    assert (d.summary.command, d.summary.tests_passed, d.summary.tests_failed) == ("test", 1, 1)
+    assert {(t.label, t.status, t.runs, t.duration_ms, t.cached) for t in d.tests} == {
+        ("//t:ok", "PASSED", 2, 1500, True), ("//t:bad", "FAILED", 2, 1500, False)}
+    shown = granary_cli("build", inv, "--server", server.url).stdout
+    assert "//t:ok  PASSED  (2 runs, 1.5s, cached)" in shown and "//t:bad  FAILED  (2 runs, 1.5s)" in shown
