@@ -47,6 +47,8 @@ OWN_MODULE_PREFIXES = (
     "google.bytestream",
     "google.devtools.remoteworkers",
     "google.devtools.build",
+    "build_event_stream",  # Bazel's Build Event Protocol (decoded by granary.bes)
+    "granary.builds",  # our query API over stored build events
 )
 
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")

@@ -291,7 +291,8 @@ def schema() -> dict:
 def test_schema_describes_the_file(schema):
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert set(schema["properties"]) == {
-        "server", "storage", "action_caches", "instances", "execution", "auth", "http", "remote_asset"}
+        "server", "storage", "action_caches", "instances", "execution", "auth", "http", "remote_asset",
+        "build_events"}
     assert schema["additionalProperties"] is False
     server = schema["$defs"]["ServerSection"]["properties"]
     assert server["drain_timeout"]["description"] == "How long a stopping server lets running actions finish."

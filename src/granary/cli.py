@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # configuration models, server modules or other commands' flags; the server processes what
 # their supervisor imported for them (granary.preload).
 
-OWN_PARSERS = ("serve", "cleanup", "worker", "config", "status")  # commands whose parser is built alone
+OWN_PARSERS = ("serve", "cleanup", "worker", "config", "status", "builds", "build")  # commands whose parser is built alone
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -76,6 +76,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         from granary import status_cli
 
         status_cli.add_parser(sub)
+    if "builds" in wanted or "build" in wanted:
+        from granary.bes import cli as bes_cli
+
+        bes_cli.add_parsers(sub)
     if command not in OWN_PARSERS:
         from granary.auth import cli as auth_cli
 
@@ -180,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             from granary import status_cli
 
             return status_cli.cmd_status(args)
+        if args.command in ("builds", "build"):
+            from granary.bes import cli as bes_cli
+
+            return bes_cli.cmd_builds(args) if args.command == "builds" else bes_cli.cmd_build(args)
         from granary.auth import cli as auth_cli
 
         if args.command in auth_cli.COMMANDS:

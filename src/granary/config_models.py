@@ -587,6 +587,29 @@ class RemoteAssetConfig(Section):
         return self
 
 
+class BuildEventsSection(Section):
+    """The Build Event Service (bazel --bes_backend) and its query API (docs/build-events.md)."""
+
+    enabled: Flag = Field(True, description="Serve google.devtools.build.v1.PublishBuildEvent and granary.builds.v1.BuildEvents.")
+    database: SqlUrl | None = Field(
+        None, description="Where events are stored (SQLAlchemy URL); default: <data dir>/build-events.sqlite;"
+                          " postgresql+psycopg://... to share it between servers.")
+    retention: Duration = Field(
+        7 * 86400.0, description="Streams and invocations untouched this long are deleted with their events; 0: kept forever.")
+    cleanup_interval: Duration = Field(3600.0, description="How often each server process deletes what retention expired; 0: never.")
+    max_event_size: Size = Field(4 << 20, description="Largest serialized event accepted; larger: INVALID_ARGUMENT.")
+    max_events_per_stream: Positive = Field(
+        1_000_000, description="Events one stream may hold; beyond: RESOURCE_EXHAUSTED.")
+    max_streams_per_client: Positive = Field(
+        16, description="Event streams one client (peer host, or identity with auth) may have open at once per server process.")
+    max_open_streams: Positive = Field(1000, description="Event streams open at once per server process.")
+    max_page_size: Positive = Field(1000, description="Most events or invocations one query returns.")
+    max_regex_length: Positive = Field(256, description="Longest stream_id_regex accepted.")
+    regex_timeout: Duration = Field(2.0, description="How long matching a regex against stream names may take before the query fails.")
+    max_regex_streams: Positive = Field(
+        100_000, description="Most recently active streams a regex is matched against (older ones are not found by a regex).")
+
+
 class GranaryConfig(Section):
     """granary.yaml: the configuration of `granary serve`."""
 
@@ -605,6 +628,8 @@ class GranaryConfig(Section):
         default_factory=HttpSection, description="The HTTP port: metrics, health and readiness (docs/observability.md).")
     remote_asset: RemoteAssetConfig | None = Field(
         None, description="The Remote Asset API (Fetch, Push) on every instance (docs/remote-asset.md); absent: off.")
+    build_events: BuildEventsSection = Field(
+        default_factory=BuildEventsSection, description="Build Event Service and build queries (docs/build-events.md).")
 
     @model_validator(mode="before")
     @classmethod

@@ -32,6 +32,7 @@ from granary.auth.localworker import SOCKET_ENV, LocalWorkerKey
 from granary.auth.permissions import Policy
 from granary.auth.settings import build_auth
 from granary.auth.tls import server_credentials
+from granary.bes.wiring import add_build_event_services
 from granary.bootstrap import build_app
 from granary.config import Config
 from granary.errors import ConfigError
@@ -271,6 +272,8 @@ async def serve(
         services += add_execution_services(server, app, auth.policy if auth is not None else None, obs.instances)
     asset_services, assets = add_asset_services(server, cfg, app, client_key)
     services += asset_services
+    bes = add_build_event_services(server, cfg, client_key)  # None: build_events.enabled is false
+    services += bes.services if bes is not None else []
     obs.add_grpc_services(server, services)
     address = f"[{cfg.host}]:{port}" if ":" in cfg.host else f"{cfg.host}:{port}"
     try:
@@ -293,6 +296,8 @@ async def serve(
         tasks.append(asyncio.ensure_future(assets.run_expiry()))
     if app.execution is not None:
         await app.execution.start()
+    if bes is not None:
+        bes.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -305,6 +310,8 @@ async def serve(
     await obs.close()
     for t in tasks:
         t.cancel()
+    if bes is not None:
+        bes.close()
     trim.close()
     if assets is not None:
         await assets.close()

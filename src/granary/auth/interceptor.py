@@ -71,6 +71,11 @@ def _bot_session_parent(request: Any) -> str:
     return parent
 
 
+def _root(_request: Any) -> str:
+    """Build events belong to no instance: checked on the root instance name ""."""
+    return ""
+
+
 def _operation_instance(request: Any) -> str:
     name = request.name
     if name.startswith("operations/"):
@@ -87,6 +92,8 @@ _BS = "/google.bytestream.ByteStream/"
 _OPS = "/google.longrunning.Operations/"
 _BOTS = "/google.devtools.remoteworkers.v1test2.Bots/"
 _ASSET = "/build.bazel.remote.asset.v1."
+_BES = "/google.devtools.build.v1.PublishBuildEvent/"
+_BUILDS = "/granary.builds.v1.BuildEvents/"
 R, W = Permission.CACHE_READ, Permission.CACHE_WRITE
 
 METHOD_RULES: dict[str, MethodRule] = {
@@ -117,6 +124,11 @@ METHOD_RULES: dict[str, MethodRule] = {
     _BOTS + "CreateBotSession": MethodRule(Permission.WORKER, _bots_parent),
     _BOTS + "UpdateBotSession": MethodRule(Permission.WORKER, _bot_session_parent),
     _BOTS + "PostBotEventTemp": MethodRule(Permission.WORKER, _bot_session_parent),
+    _BES + "PublishLifecycleEvent": MethodRule(W, _root),
+    _BES + "PublishBuildToolEventStream": MethodRule(W, _root),
+    _BUILDS + "QueryEvents": MethodRule(R, _root),
+    _BUILDS + "ListInvocations": MethodRule(R, _root),
+    _BUILDS + "GetInvocation": MethodRule(R, _root),
     "/grpc.health.v1.Health/Check": MethodRule(PUBLIC),
     "/grpc.health.v1.Health/Watch": MethodRule(PUBLIC),
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": MethodRule(AUTHENTICATED),  # the schema
