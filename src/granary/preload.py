@@ -37,3 +37,6 @@ def preload_server(cfg: Config) -> None:
 
         # not granary.observability.metrics: its metrics belong to the process that creates them
         from granary.observability import collector, grpc_services, http, meters  # noqa: F401
+
+        if cfg.http.dashboard:
+            from granary.observability.dashboard import routes  # noqa: F401
