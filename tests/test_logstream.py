@@ -11,13 +11,15 @@ import grpc
 import pytest
 from execsetup import config
 from google.longrunning import operations_pb2
-from rwapi import ExecClient, Stream, stage_of
+from rwapi import ExecClient, FakeBot, Stream, stage_of
+from serverutil import start_granary
 
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from granary._proto.build.bazel.remote.logstream.v1 import remote_logstream_pb2 as ls_pb2
 from granary._proto.build.bazel.remote.logstream.v1 import remote_logstream_pb2_grpc as ls_grpc
 from granary._proto.google.bytestream import bytestream_pb2 as bs_pb2
-from serverutil import start_granary
+from granary._proto.google.devtools.remoteworkers.v1test2 import bots_pb2
+from granary.execution import leases
 
 EXECUTING, COMPLETED = 3, 4
 # prints a numbered line to stdout every 0.5 s for 5 s, and one line to stderr
@@ -267,3 +269,75 @@ def test_finished_streams_are_deleted_after_retention(server):
         time.sleep(0.2)
     # the unfinished one (idle less than idle_timeout) is kept
     assert read_all(client, open_.name, limit=10) == b"still open"
+
+
+class StreamingBot(FakeBot):
+    """A fake bot that says it streams live output, as `granary worker` does."""
+
+    def _session(self) -> bots_pb2.BotSession:
+        session = super()._session()
+        session.worker.configs.add(key=leases.LOGSTREAM_CONFIG, value="v1")
+        return session
+
+
+def test_streams_of_a_bot_that_stops_writing_are_finished_by_the_server(tmp_path, database):
+    """Only bots that stream get streams; one that vanishes mid-stream (here: reports its result
+    without finishing them) leaves streams the server finishes, so their readers end."""
+    with start_granary(tmp_path, config(database)) as server:
+        client = ExecClient(server.address)
+        plain, streaming = FakeBot(server.address), StreamingBot(server.address)
+        plain.connect()
+        d, _ = client.action(["plain"])
+        stream = Stream(client.execute(d))
+        lease = plain.wait_lease()
+        assert leases.lease_streams(lease) == ("", "")
+        plain.accept(lease.id)
+        stream.wait_stage(EXECUTING)
+        plain.complete(lease.id, re_pb2.ActionResult())
+        assert not meta_of(stream.ops[-1]).stdout_stream_name and stream.result().status.code == 0
+        plain.close()
+
+        streaming.connect()
+        d, _ = client.action(["streaming"])
+        stream = Stream(client.execute(d))
+        lease = streaming.wait_lease()
+        stdout_w, stderr_w = leases.lease_streams(lease)
+        assert stdout_w and stderr_w
+        streaming.accept(lease.id)
+        meta = meta_of(stream.wait_stage(EXECUTING))
+        assert stdout_w.startswith(meta.stdout_stream_name + "/") and stderr_w.startswith(meta.stderr_stream_name + "/")
+        assert write(client, stdout_w, b"partial") == 7
+        followed: list[bytes] = []
+        follower = threading.Thread(target=lambda: followed.extend(
+            r.data for r in client.bs.Read(bs_pb2.ReadRequest(resource_name=meta.stdout_stream_name), timeout=60)))
+        follower.start()
+        streaming.complete(lease.id, re_pb2.ActionResult(stdout_raw=b"partial and more"))
+        assert stream.result().status.code == 0
+        follower.join(60)
+        assert not follower.is_alive() and b"".join(followed) == b"partial"
+        assert read_all(client, meta.stderr_stream_name) == b""
+        e = refused(write, client, stdout_w, b" late", offset=7)
+        assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
+        streaming.close()
+        client.close()
+
+
+def test_logstream_off(tmp_path):
+    with start_granary(tmp_path, config(None, logstream="{enabled: false}")) as server:
+        client = ExecClient(server.address)
+        bot = StreamingBot(server.address)
+        bot.connect()
+        d, _ = client.action(["x"])
+        stream = Stream(client.execute(d))
+        lease = bot.wait_lease()
+        assert leases.lease_streams(lease) == ("", "")
+        bot.accept(lease.id)
+        bot.complete(lease.id, re_pb2.ActionResult())
+        stream.result()
+        assert not meta_of(stream.ops[-1]).stdout_stream_name
+        e = refused(ls_grpc.LogStreamServiceStub(client.channel).CreateLogStream, ls_pb2.CreateLogStreamRequest())
+        assert e.code() == grpc.StatusCode.UNIMPLEMENTED
+        e = refused(read_all, client, "logstreams/x")
+        assert e.code() == grpc.StatusCode.UNIMPLEMENTED and "execution.logstream.enabled" in e.details()
+        bot.close()
+        client.close()
