@@ -192,6 +192,25 @@ def test_create_write_and_follow_a_stream(server):
     assert e.code() == grpc.StatusCode.OUT_OF_RANGE
 
 
+def test_a_stream_of_many_small_writes(server):
+    """Many more chunks than one read batch, followed as they come and read from the middle."""
+    client, logstreams = server
+    stream = logstreams.CreateLogStream(ls_pb2.CreateLogStreamRequest(parent=""))
+    lines = [b"line %02d\n" % i for i in range(90)]  # 8 bytes each, one Write call (one chunk) each
+    followed: list[bytes] = []
+    follower = threading.Thread(target=lambda: followed.extend(
+        r.data for r in client.bs.Read(bs_pb2.ReadRequest(resource_name=stream.name), timeout=60)))
+    follower.start()
+    at = 0
+    for i, line in enumerate(lines):
+        at = write(client, stream.write_resource_name, line, offset=at, finish=i == len(lines) - 1)
+    follower.join(60)
+    whole = b"".join(lines)
+    assert not follower.is_alive() and b"".join(followed) == whole
+    assert read_all(client, stream.name, offset=8 * 70 + 3) == whole[8 * 70 + 3 :]
+    assert read_all(client, stream.name, offset=13, limit=8 * 40) == whole[13 : 13 + 8 * 40]
+
+
 def test_names_and_permissions(server):
     client, logstreams = server
     stream = logstreams.CreateLogStream(ls_pb2.CreateLogStreamRequest(parent=""))

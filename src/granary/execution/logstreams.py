@@ -271,9 +271,12 @@ class LogStreams:
                                {"s": res.stream_id})
             if not found or found[0]["instance"] != res.instance:
                 return None
+            # from the chunk holding byte `pos` (the last one starting at or before it) on
             cur.execute(self.queue._text(
-                "SELECT start_offset, data FROM granary_logstream_chunks WHERE stream = :s AND start_offset > :lo"
-                " ORDER BY start_offset LIMIT :k"), {"s": res.stream_id, "lo": pos - CHUNK, "k": READ_BATCH})
+                "SELECT start_offset, data FROM granary_logstream_chunks WHERE stream = :s AND start_offset >="
+                " COALESCE((SELECT MAX(start_offset) FROM granary_logstream_chunks WHERE stream = :s"
+                " AND start_offset <= :pos), 0) ORDER BY start_offset LIMIT :k"),
+                {"s": res.stream_id, "pos": pos, "k": READ_BATCH})
             chunks = [(int(o), bytes(d)) for o, d in cur.fetchall()]
         return chunks, int(found[0]["size"]), found[0]["finished_time"] is not None
 
