@@ -322,18 +322,20 @@ class LogStreams:
                     raise NotFound(f"log stream {res.read_name!r} was deleted while being read"
                                    " (execution.logstream.retention or max_total_bytes)")
                 chunks, size, finished = batch
+                pieces = []  # one ReadResponse per batch (1 MiB at most): a reader catching up gets big ones
                 for start, data in chunks:
                     if start + len(data) <= pos:
                         continue
                     piece = data[pos - start :] if pos > start else data
                     if end is not None:
                         piece = piece[: end - pos]
-                    if piece:
-                        yield piece
-                        pos += len(piece)
+                    pieces.append(piece)
+                    pos += len(piece)
                     if end is not None and pos >= end:
-                        return
-                if finished and pos >= size:
+                        break
+                if pieces:
+                    yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                if (end is not None and pos >= end) or (finished and pos >= size):
                     return
                 if len(chunks) < READ_BATCH:  # caught up: wait for a write here, or look again later
                     with contextlib.suppress(TimeoutError):
