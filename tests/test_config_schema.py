@@ -96,7 +96,7 @@ def test_every_key_has_a_one_sentence_description():
 def test_execution_keys_are_all_described():
     keys = ["database", "default_timeout", "max_timeout", "bot_timeout", "bot_long_poll", "poll_interval",
             "retry_limit", "cache_failed_actions", "known_platforms", "platform_grace", "local_workers",
-            "retention", "max_bot_concurrency", "lease_ack_timeout"]
+            "retention", "max_bot_concurrency", "lease_ack_timeout", "logstream"]
     assert sorted(ExecutionConfig.model_fields) == sorted(keys)
     for key in keys:
         assert ExecutionConfig.model_fields[key].description

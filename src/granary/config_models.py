@@ -505,6 +505,33 @@ Platforms = Annotated[
 ]
 
 
+class LogStreamSection(Section):
+    """Live stdout/stderr of running actions (LogStream API and ByteStream Read; docs/execution.md)."""
+
+    enabled: Flag = Field(
+        True, description="Workers stream each running action's stdout and stderr; operations name the streams.")
+    max_stream_bytes: Size = Field(
+        16 << 20, description="Most bytes one stream holds; writes past it get RESOURCE_EXHAUSTED (the worker"
+                              " stops streaming that output; the full output still goes to the CAS).")
+    max_total_bytes: Size = Field(
+        1 << 30, description="Most bytes all streams hold together in the queue database; the oldest finished"
+                             " streams are dropped early to make room, then writes get RESOURCE_EXHAUSTED.")
+    retention: Duration = Field(600.0, description="How long a finished stream stays readable before it is deleted.")
+    idle_timeout: Duration = Field(
+        3600.0, description="A stream no running action owns (made by CreateLogStream) and not written this long"
+                            " is finished.")
+    poll_interval: Duration = Field(
+        0.2, description="How often a blocked Read looks in the database for bytes written through another"
+                         " server process (writes through its own process wake it at once).")
+
+    @model_validator(mode="after")
+    def _positive(self) -> LogStreamSection:
+        for key in ("max_stream_bytes", "max_total_bytes", "poll_interval", "idle_timeout"):
+            if getattr(self, key) <= 0:
+                raise problem("must be above 0", key=key)
+        return self
+
+
 class ExecutionConfig(Section):
     """Remote execution: the job queue, timeouts, bots and local workers."""
 
@@ -532,6 +559,8 @@ class ExecutionConfig(Section):
         64, description="Most leases one bot session holds at once; a larger claimed concurrency is capped.")
     lease_ack_timeout: Duration = Field(
         30.0, description="A lease a bot does not acknowledge this long goes back to the queue for other bots.")
+    logstream: LogStreamSection = Field(
+        default_factory=LogStreamSection, description="Live stdout/stderr of running actions (LogStream).")
 
     @model_validator(mode="after")
     def _consistent(self) -> ExecutionConfig:

@@ -25,8 +25,14 @@ def preload_server(cfg: Config) -> None:
     if cfg.execution is not None:  # server.add_execution_services
         from google.longrunning import operations_pb2  # noqa: F401
 
+        from granary._proto.build.bazel.remote.logstream.v1 import remote_logstream_pb2  # noqa: F401
         from granary._proto.google.devtools.remoteworkers.v1test2 import bots_pb2  # noqa: F401
-        from granary.services import bots_service, execution_service, operations_service  # noqa: F401
+        from granary.services import (  # noqa: F401
+            bots_service,
+            execution_service,
+            logstream_service,
+            operations_service,
+        )
 
     if cfg.http.enabled:  # observability.serving: the HTTP port, metrics, health and reflection
         import stringprep  # noqa: F401 - the idna codec's, which aiohttp loads on its first request

@@ -1,9 +1,13 @@
-"""Parsing ByteStream resource names of the REAPI CAS.
+"""Parsing ByteStream resource names: the REAPI CAS's and the LogStream API's.
 
   read:  {instance}/blobs/{digest_function/}{hash}/{size}
          {instance}/compressed-blobs/{compressor}/{digest_function/}{hash}/{size}
+         {instance}/logstreams/{id}                      (a live output stream)
   write: {instance}/uploads/{uuid}/blobs/{digest_function/}{hash}/{size}{/metadata}
          {instance}/uploads/{uuid}/compressed-blobs/{compressor}/{digest_function/}{hash}/{size}{/metadata}
+         {instance}/logstreams/{id}/{write_token}        (only its writer knows the token)
+
+`read_target` and `write_target` tell the two kinds apart, so one ByteStream service serves both.
 
 Instance names may span several segments; none may be a reserved keyword.
 """
@@ -18,8 +22,9 @@ from granary.digest import BlobDigest
 from granary.errors import InvalidArgument
 
 RESERVED = frozenset(
-    {"blobs", "uploads", "actions", "actionResults", "operations", "capabilities", "compressed-blobs"}
+    {"blobs", "uploads", "actions", "actionResults", "operations", "capabilities", "compressed-blobs", "logstreams"}
 )
+LOGSTREAMS = "logstreams"
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,52 @@ class BlobResource:
     @property
     def upload_key(self) -> str:
         return f"{self.instance}/{self.upload_id}/{self.compressor}/{self.digest.key}/{self.digest.size}"
+
+
+@dataclass(frozen=True)
+class LogStreamResource:
+    """A log stream's name: read names have no token, write names end with the writer's secret."""
+
+    instance: str
+    stream_id: str
+    token: str = ""
+
+    @property
+    def read_name(self) -> str:
+        return logstream_name(self.instance, self.stream_id)
+
+
+def logstream_name(instance: str, stream_id: str, token: str = "") -> str:
+    """{instance}/logstreams/{id}[/{token}] (no leading slash for the default instance)."""
+    prefix = f"{instance}/" if instance else ""
+    return f"{prefix}{LOGSTREAMS}/{stream_id}" + (f"/{token}" if token else "")
+
+
+def parse_logstream(name: str) -> LogStreamResource | None:
+    """The log stream a name designates, None if it is not a log stream name (e.g. a CAS blob's)."""
+    parts = name.split("/")
+    for i, p in enumerate(parts):
+        if p == LOGSTREAMS:
+            rest = parts[i + 1 :]
+            if not 1 <= len(rest) <= 2 or not all(rest):
+                raise InvalidArgument(
+                    f"invalid log stream resource name {name!r}: expected '{{instance}}/logstreams/{{id}}'"
+                    " (to read) or '{instance}/logstreams/{id}/{write_token}' (to write)"
+                )
+            return LogStreamResource(_instance(parts[:i]), rest[0], rest[1] if len(rest) == 2 else "")
+        if p in RESERVED:
+            return None
+    return None
+
+
+def read_target(name: str) -> BlobResource | LogStreamResource:
+    """What a ByteStream Read names: a CAS blob or a log stream."""
+    return parse_logstream(name) or parse_read(name)
+
+
+def write_target(name: str) -> BlobResource | LogStreamResource:
+    """What a ByteStream Write or QueryWriteStatus names: a CAS upload or a log stream."""
+    return parse_logstream(name) or parse_write(name)
 
 
 def _digest_tail(name: str, parts: list[str], allow_metadata: bool) -> tuple[BlobDigest, int]:

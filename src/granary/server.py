@@ -176,7 +176,7 @@ def add_local_worker_socket(server: grpc.aio.Server, cfg: Config) -> None:
 
 
 def add_execution_services(server: grpc.aio.Server, app, policy: Policy | None = None, instances=None) -> list[str]:
-    """Execution, Operations and Bots; -> their service names. `instances`: what Execute looks
+    """Execution, Operations, Bots and LogStream; -> their service names. `instances`: what Execute looks
     actions up in (default the app's)."""
     from google.longrunning import operations_pb2
 
@@ -193,7 +193,15 @@ def add_execution_services(server: grpc.aio.Server, app, policy: Policy | None =
     add_servicer(server, ExecutionService(instances or app.instances, farm.scheduler, callers), execution)
     add_servicer(server, OperationsService(farm.scheduler, callers), operations)
     add_servicer(server, BotsService(farm.bots), bots)
-    return [execution.full_name, operations.full_name, bots.full_name]
+    names = [execution.full_name, operations.full_name, bots.full_name]
+    if farm.logstreams is not None:
+        from granary._proto.build.bazel.remote.logstream.v1 import remote_logstream_pb2 as ls_pb2
+        from granary.services.logstream_service import LogStreamService
+
+        logstream = ls_pb2.DESCRIPTOR.services_by_name["LogStreamService"]
+        add_servicer(server, LogStreamService(instances or app.instances, farm.logstreams), logstream)
+        names.append(logstream.full_name)
+    return names
 
 
 def add_asset_services(server: grpc.aio.Server, cfg: Config, app, client_key) -> tuple[list[str], Any]:
@@ -265,7 +273,9 @@ async def serve(
     add_servicer(server, CasService(instances), re_services["ContentAddressableStorage"])
     add_servicer(server, ActionCacheService(obs.instances), re_services["ActionCache"])
     add_servicer(server, CapabilitiesService(instances), re_services["Capabilities"])
-    add_servicer(server, ByteStreamService(instances, client_key), bs_pb2.DESCRIPTOR.services_by_name["ByteStream"])
+    logstreams = app.execution.logstreams if app.execution is not None else None
+    add_servicer(server, ByteStreamService(instances, client_key, logstreams),
+                 bs_pb2.DESCRIPTOR.services_by_name["ByteStream"])
     services = [re_services[n].full_name for n in ("ContentAddressableStorage", "ActionCache", "Capabilities")]
     services.append(bs_pb2.DESCRIPTOR.services_by_name["ByteStream"].full_name)
     if app.execution is not None:

@@ -30,7 +30,7 @@ from granary.auth.authenticator import Authenticator
 from granary.auth.identity import Identity, set_identity
 from granary.auth.permissions import Permission, Policy
 from granary.errors import GranaryError, InvalidArgument, PermissionDenied, Unauthenticated
-from granary.resource_names import parse_read, parse_write
+from granary.resource_names import read_target, write_target
 from granary.services.registry import Malformed
 
 log = logging.getLogger("granary.auth")
@@ -50,11 +50,11 @@ def _instance_name(request: Any) -> str:
 
 
 def _read_resource(request: Any) -> str:
-    return parse_read(request.resource_name).instance
+    return read_target(request.resource_name).instance
 
 
 def _write_resource(request: Any) -> str:
-    return parse_write(request.resource_name).instance
+    return write_target(request.resource_name).instance
 
 
 def _bots_parent(request: Any) -> str:
@@ -121,6 +121,8 @@ METHOD_RULES: dict[str, MethodRule] = {
     _ASSET + "Fetch/FetchDirectory": MethodRule(R, _instance_name),
     _ASSET + "Push/PushBlob": MethodRule(Permission.AC_WRITE, _instance_name),
     _ASSET + "Push/PushDirectory": MethodRule(Permission.AC_WRITE, _instance_name),
+    # a log stream's parent is an instance name; creating one is writing to that instance
+    "/build.bazel.remote.logstream.v1.LogStreamService/CreateLogStream": MethodRule(W, _bots_parent),
     _BOTS + "CreateBotSession": MethodRule(Permission.WORKER, _bots_parent),
     _BOTS + "UpdateBotSession": MethodRule(Permission.WORKER, _bot_session_parent),
     _BOTS + "PostBotEventTemp": MethodRule(Permission.WORKER, _bot_session_parent),

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from granary.config import Config, ExecutionConfig
 from granary.execution.drainingbots import DrainableBotSessions
 from granary.execution.jobqueue import NOTIFY_CHANNEL, JobQueue
+from granary.execution.logstreams import LogStreams
 from granary.execution.notifier import Notifier
 from granary.execution.scheduler import Scheduler
 from granary.instance import Instances
@@ -60,6 +61,8 @@ class ExecutionFarm:
         self.bots = DrainableBotSessions(
             cfg, self.queue, self.notifier, instances, self.scheduler, max_bot_concurrency=cfg.max_bot_concurrency
         )
+        self.logstreams = LogStreams(self.queue, cfg.logstream) if cfg.logstream.enabled else None
+        self.bots.logstreams = self.logstreams
         self.up_since = time.time()
         self._reaper: asyncio.Task | None = None
 
@@ -70,6 +73,8 @@ class ExecutionFarm:
             dsn = self.queue.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
             self.notifier.listen_postgres(dsn, NOTIFY_CHANNEL)
         self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+        if self.logstreams is not None:
+            self.logstreams.start()
 
     def begin_draining(self) -> None:
         """No new leases from now on; running ones may still be reported."""
@@ -79,6 +84,8 @@ class ExecutionFarm:
         return self.bots.busy()
 
     async def close(self) -> None:
+        if self.logstreams is not None:
+            await self.logstreams.close()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -26,6 +26,13 @@ refused, and the reply's worker.properties says the number granted.
 UpdateBotSession long-polls (a few seconds, never past the call's deadline)
 when the bot has nothing new.
 
+Live output (LogStream): a bot that can stream an action's stdout and stderr while it runs says
+so with `LOGSTREAM_CONFIG` = "v1" in bot_session.worker.configs. Leases offered to it carry in
+lease.requirements.configs the write resource names of the two streams made for that run, as
+`STDOUT_STREAM_CONFIG` and `STDERR_STREAM_CONFIG` (execution.logstream; absent when off). The bot
+appends to them with ByteStream Write while the action runs and finishes them when it ends; the
+operation's ExecuteOperationMetadata names the streams (read names) for clients.
+
 A lease the bot does not acknowledge (send back ACTIVE) within
 execution.lease_ack_timeout (default 30 s) is taken back and offered to other
 bots first; the bot's later reports about it are answered CANCELLED.
@@ -45,6 +52,9 @@ COMPLETED = bots_pb2.LeaseState.COMPLETED
 CANCELLED = bots_pb2.LeaseState.CANCELLED
 
 CONCURRENCY_PROPERTY = "concurrency"  # in bot_session.worker.properties, not a platform property
+LOGSTREAM_CONFIG = "logstream"  # in bot_session.worker.configs: the bot streams live output
+STDOUT_STREAM_CONFIG = "logstream.stdout"  # in lease.requirements.configs: write name of stdout's stream
+STDERR_STREAM_CONFIG = "logstream.stderr"
 
 
 def pack(message) -> any_pb2.Any:
@@ -53,8 +63,26 @@ def pack(message) -> any_pb2.Any:
     return out
 
 
-def make_lease(job_name: str, action: re_pb2.Action, state: int = PENDING) -> bots_pb2.Lease:
-    return bots_pb2.Lease(id=job_name, payload=pack(action), state=state)
+def make_lease(
+    job_name: str, action: re_pb2.Action, state: int = PENDING, stdout_stream: str = "", stderr_stream: str = ""
+) -> bots_pb2.Lease:
+    """A lease for one job; the stream arguments are write names of its live output streams ('' for none)."""
+    lease = bots_pb2.Lease(id=job_name, payload=pack(action), state=state)
+    for key, name in ((STDOUT_STREAM_CONFIG, stdout_stream), (STDERR_STREAM_CONFIG, stderr_stream)):
+        if name:
+            lease.requirements.configs.add(key=key, value=name)
+    return lease
+
+
+def lease_streams(lease: bots_pb2.Lease) -> tuple[str, str]:
+    """The write names of a lease's stdout and stderr streams ('' where there is none)."""
+    configs = {c.key: c.value for c in lease.requirements.configs}
+    return configs.get(STDOUT_STREAM_CONFIG, ""), configs.get(STDERR_STREAM_CONFIG, "")
+
+
+def streams_live_output(session: bots_pb2.BotSession) -> bool:
+    """The bot says it streams its actions' output (LOGSTREAM_CONFIG in its worker's configs)."""
+    return any(c.key == LOGSTREAM_CONFIG for c in session.worker.configs)
 
 
 def lease_action(lease: bots_pb2.Lease) -> re_pb2.Action:

@@ -59,7 +59,16 @@ def render(op: Mapping[str, Any], job: Mapping[str, Any]) -> operations_pb2.Oper
         response = re_pb2.ExecuteResponse()
         if job["response"]:
             response.ParseFromString(job["response"])
-    return make_operation(op["name"], metadata(stage, digest, job["digest_function"]), response)
+    meta = metadata(stage, digest, job["digest_function"])
+    # the live output streams of its (last) run: the read names, never the write names the job row keeps
+    meta.stdout_stream_name = stream_read_name(job.get("stdout_stream"))
+    meta.stderr_stream_name = stream_read_name(job.get("stderr_stream"))
+    return make_operation(op["name"], meta, response)
+
+
+def stream_read_name(write_name: str | None) -> str:
+    """A log stream's read name: its write name without the last segment (the writer's secret)."""
+    return write_name.rsplit("/", 1)[0] if write_name else ""
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Connection,
@@ -46,6 +47,10 @@ jobs = Table(
     Column("response", LargeBinary),  # serialized ExecuteResponse once COMPLETED
     Column("active_key", String(600), unique=True),
     Column("version", Integer, nullable=False, default=0),  # bumped on every change
+    # write resource names of the live stdout/stderr streams of its current run (logstreams.py);
+    # they hold the writer's secret: clients see only the read names (the name without its last segment)
+    Column("stdout_stream", String(600)),
+    Column("stderr_stream", String(600)),
 )
 Index("granary_jobs_pick", jobs.c.queue, jobs.c.stage, jobs.c.priority, jobs.c.queued_time)
 Index("granary_jobs_bot", jobs.c.bot_name)
@@ -78,6 +83,8 @@ Index("granary_operations_identity", operations.c.instance, operations.c.identit
 # Columns added after a release: (table, column, SQL type and default) for databases made before them.
 ADDED_COLUMNS = [
     ("granary_operations", "identity", "VARCHAR(255) NOT NULL DEFAULT ''"),
+    ("granary_jobs", "stdout_stream", "VARCHAR(600)"),
+    ("granary_jobs", "stderr_stream", "VARCHAR(600)"),
 ]
 
 bots = Table(
@@ -92,6 +99,39 @@ bots = Table(
     Column("status", Integer, nullable=False, default=0),
     Column("created_time", Float, nullable=False),
     Column("last_seen", Float, nullable=False, index=True),
+)
+
+# Live output streams (LogStream API, logstreams.py): one row per stream, its bytes in chunk rows
+# of at most logstreams.CHUNK bytes, keyed by their offset in the stream.
+logstreams = Table(
+    "granary_logstreams",
+    metadata,
+    Column("name", String(64), primary_key=True),  # the {logstream_id} of its resource names
+    Column("instance", String(255), nullable=False),
+    Column("write_token", String(64), nullable=False),  # the secret last segment of the write name
+    Column("job_name", String(64)),  # the job whose output it carries (None: made by CreateLogStream)
+    Column("created_time", Float, nullable=False),
+    Column("updated_time", Float, nullable=False),  # last write (or creation)
+    Column("finished_time", Float),  # None while it may still grow
+    Column("size", BigInteger, nullable=False, default=0),
+)
+Index("granary_logstreams_finished", logstreams.c.finished_time)
+
+logstream_chunks = Table(
+    "granary_logstream_chunks",
+    metadata,
+    Column("stream", String(64), primary_key=True),
+    Column("start_offset", BigInteger, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+
+# One row (id 1): the bytes all streams hold, kept in step with the chunks so the global bound
+# (execution.logstream.max_total_bytes) costs one conditional UPDATE per write.
+logstream_usage = Table(
+    "granary_logstream_usage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("bytes", BigInteger, nullable=False),
 )
 
 

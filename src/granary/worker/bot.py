@@ -27,7 +27,7 @@ import grpc
 from google.rpc import status_pb2
 
 from granary._proto.google.devtools.remoteworkers.v1test2 import bots_pb2, bots_pb2_grpc, worker_pb2
-from granary.execution.leases import complete_lease, lease_action
+from granary.execution.leases import LOGSTREAM_CONFIG, complete_lease, lease_action, lease_streams
 from granary.worker.execute import ActionRun, Executor
 
 log = logging.getLogger("granary.worker.bot")
@@ -81,7 +81,10 @@ class BotSession:
         device = worker_pb2.Device(handle=self.cfg.bot_id)
         for k, v in self.cfg.properties:
             device.properties.add(key=k, value=v)
-        return worker_pb2.Worker(devices=[device])
+        worker = worker_pb2.Worker(devices=[device])
+        if self.ex.live_output is not None:  # leases then carry live output streams to write to
+            worker.configs.add(key=LOGSTREAM_CONFIG, value="v1")
+        return worker
 
     def _snapshot(self) -> tuple[bots_pb2.BotSession, list[str]]:
         with self._cond:
@@ -236,7 +239,7 @@ class BotSession:
                          status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=str(e)))
             return
         lease.state = bots_pb2.ACTIVE
-        task = _Task(lease, ActionRun(self.ex, action, self.cfg.bot_id))
+        task = _Task(lease, ActionRun(self.ex, action, self.cfg.bot_id, lease_streams(lease)))
         with self._cond:
             self.tasks[lease.id] = task
             self._changed = True

@@ -31,6 +31,7 @@ from granary.errors import FailedPrecondition, GranaryError, InvalidArgument
 from granary.services.status import rich_status
 from granary.worker.inputs import InputLimits, Staging, materialise
 from granary.worker.local_cas import LocalCas
+from granary.worker.logstream import LiveOutput
 from granary.worker.outputs import Collector, collect, output_parents
 from granary.worker.paths import check_relative, inside, resolve_in_root
 from granary.worker.process import Command, CommandCancelled
@@ -118,6 +119,7 @@ class Executor:
     action_user: ActionUser | None = None  # the uid actions run as (None: the worker's own)
     input_limits: InputLimits = field(default_factory=InputLimits)
     trash: Trash | None = None  # None: work directories are removed before the result is returned
+    live_output: LiveOutput | None = None  # None: actions' output is not streamed while they run
 
     def staging(self) -> Staging:
         """Hardlinks from the cache only for another uid than the cache's owner; copies otherwise."""
@@ -130,9 +132,11 @@ class Executor:
 class ActionRun:
     """The run of one lease's action; cancel() may be called from any thread."""
 
-    def __init__(self, ex: Executor, action: re_pb2.Action, worker: str = ""):
+    def __init__(self, ex: Executor, action: re_pb2.Action, worker: str = "", streams: tuple[str, str] = ("", "")):
+        """streams: write names of the lease's live stdout and stderr streams ('' for none)."""
         self.ex = ex
         self.action = action
+        self.streams = streams
         self.command_run = Command()
         self.cancelled = False
         self.meta = re_pb2.ExecutedActionMetadata(worker=worker or ex.worker_name)
@@ -232,12 +236,18 @@ class ActionRun:
             else:
                 argv = self.ex.sandbox.wrap(list(command.arguments), root, cwd, network, env_fd)
             self.meta.execution_start_timestamp.CopyFrom(now())
+            live = None
+            if self.ex.live_output is not None and any(self.streams):
+                live = self.ex.live_output.follow(self.streams, work / "stdout", work / "stderr")
             try:
                 # The environment goes through env_fd: the wrapper (bwrap or the reaper, maybe root) gets none.
                 outcome = self.command_run.run(argv, {"PATH": DEFAULT_PATH}, cwd, work / "stdout", work / "stderr",
                                                timeout or None, pass_fds=(env_fd,), graceful=self.ex.sandbox.reaper)
             except CommandCancelled:
                 raise Cancelled() from None
+            finally:
+                if live is not None:
+                    live.finish()
         finally:
             os.close(env_fd)
         self.meta.execution_completed_timestamp.CopyFrom(now())

@@ -23,11 +23,13 @@ from pathlib import Path
 
 import grpc
 
+from granary._proto.google.bytestream import bytestream_pb2_grpc as bs_grpc
 from granary.worker.bot import BotConfig, BotSession, Shutdown
 from granary.worker.connect import Credentials, open_channel, wait_until_answered
 from granary.worker.execute import Executor, Trash, remove_tree
 from granary.worker.inputs import InputLimits
 from granary.worker.local_cas import LocalCas
+from granary.worker.logstream import LiveOutput
 from granary.worker.mountview import work_view
 from granary.worker.platform import properties
 from granary.worker.remote_cas import RemoteCas
@@ -100,6 +102,7 @@ class Worker:
             action_user=cfg.action_user,
             input_limits=cfg.input_limits,
             trash=self.trash,
+            live_output=LiveOutput(bs_grpc.ByteStreamStub(self.channel)),
         )
         props = properties(cfg.properties, sandbox.network_modes)
         prefix = cfg.name if cfg.named else f"{cfg.name}-{os.getpid()}"
