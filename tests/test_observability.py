@@ -428,3 +428,28 @@ execution: {local_workers: 0, bot_timeout: 2s, bot_long_poll: 1s, lease_ack_time
         assert m.total("granary_cas_stored_bytes", store="main") <= 64 << 10
     finally:
         server.stop()
+
+
+def test_instance_of_bytestream_names_log_streams_included():
+    """ByteStream calls are labelled with the instance their resource name holds: blobs, compressed
+    blobs, uploads and live log streams (a stream's name is read before its writer's token)."""
+    from types import SimpleNamespace
+
+    from granary.observability.interceptor import INVALID, instance_reader
+
+    read = instance_reader("/google.bytestream.ByteStream/Read")
+    write = instance_reader("/google.bytestream.ByteStream/Write")
+
+    def named(name: str) -> SimpleNamespace:
+        return SimpleNamespace(resource_name=name)
+
+    h = "a" * 64
+    assert read(named(f"blobs/{h}/3")) == ""
+    assert read(named(f"main/ci/blobs/{h}/3")) == "main/ci"
+    assert read(named(f"main/compressed-blobs/zstd/{h}/3")) == "main"
+    assert read(named("main/logstreams/0f3a")) == "main"
+    assert read(named("logstreams/0f3a")) == ""
+    assert write(named(f"main/uploads/u1/blobs/{h}/3")) == "main"
+    assert write(named("main/logstreams/0f3a/secret")) == "main"
+    assert write(named("logstreams/0f3a/secret")) == ""
+    assert read(named("nonsense")) == INVALID

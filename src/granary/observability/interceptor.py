@@ -91,20 +91,21 @@ _BOT_SESSION = _before("botSessions/")
 _UPLOAD = _before("uploads/")
 _BLOBS = _before("blobs/")
 _COMPRESSED = _before("compressed-blobs/")
+_LOGSTREAMS = _before("logstreams/")
+
+
+def _earliest(name: str, *parsers: Callable[[str], str]) -> str:
+    """The instance before the first marker the name holds (an instance may not contain one)."""
+    found = [i for i in (p(name) for p in parsers) if i != INVALID]
+    return min(found, key=len) if found else INVALID
 
 
 def _read_resource(request: Any) -> str:
-    name = request.resource_name
-    blobs, compressed = _BLOBS(name), _COMPRESSED(name)
-    if blobs == INVALID:
-        return compressed
-    if compressed == INVALID:
-        return blobs
-    return blobs if len(blobs) < len(compressed) else compressed
+    return _earliest(request.resource_name, _BLOBS, _COMPRESSED, _LOGSTREAMS)
 
 
 def _write_resource(request: Any) -> str:
-    return _UPLOAD(request.resource_name)
+    return _earliest(request.resource_name, _UPLOAD, _LOGSTREAMS)
 
 
 _BY_METHOD: dict[str, Callable[[Any], str]] = {
