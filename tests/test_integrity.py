@@ -1,0 +1,388 @@
+"""Storage integrity (issue 12): what the index says is there can be read, every write is checked,
+`fsync: true` means durable, eviction never deletes a fresh copy, and a blob whose bytes are gone
+reads as missing at once, in every process sharing the store.
+
+Two store objects on one directory are what two server processes are (each has its own SQLite
+connection, caches and mapped change token), so races between processes are played out with two
+objects and a hook that runs the other one's work at the exact moment the race needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from granary import digest as dg
+from granary.cas.disk import DiskBlobStore
+from granary.errors import BlobNotFound, ResourceExhausted
+
+MiB = 1 << 20
+
+
+def blob(n: int = 4096) -> tuple[dg.BlobDigest, bytes]:
+    data = (os.urandom(16) * (n // 16 + 1))[:n]
+    return dg.compute(dg.SHA256, data), data
+
+
+async def read_all(store, d, offset=0, limit=0) -> bytes:
+    return b"".join([c async for c in await store.read(d, offset, limit)])
+
+
+def files_under(root: Path, sub: str) -> list[Path]:
+    return [p for p in (root / sub).rglob("*") if p.is_file()]
+
+
+# ---- phantom blobs ---------------------------------------------------------------------------
+
+
+def test_deleted_blob_file_reads_missing_in_every_process(tmp_path):
+    """A large blob whose file is gone: the first failed read drops it, for this and other processes."""
+
+    async def scenario():
+        a = DiskBlobStore(tmp_path, 1 << 30, pack_max_blob=1024)
+        b = DiskBlobStore(tmp_path, 1 << 30, pack_max_blob=1024)
+        d, data = blob(64 * 1024)
+        await a.put_many([(d, data)])
+        assert await b.find_missing([d]) == []  # b now remembers where it is
+        (path,) = files_under(tmp_path, "blobs")
+        path.unlink()
+        assert await a.get_many([d]) == {}
+        assert await a.find_missing([d]) == [d]
+        assert await b.find_missing([d]) == [d]
+        assert a.stored_bytes == 0
+        # and a re-upload works again
+        await b.put_many([(d, data)])
+        assert await read_all(a, d) == data
+        await a.close()
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_streamed_read_of_deleted_or_short_file_drops_it(tmp_path):
+    async def scenario():
+        a = DiskBlobStore(tmp_path, 1 << 30, pack_max_blob=1024)
+        b = DiskBlobStore(tmp_path, 1 << 30, pack_max_blob=1024)
+        gone, gone_data = blob(3 * MiB)
+        short, short_data = blob(3 * MiB)
+        await a.put_many([(gone, gone_data), (short, short_data)])
+        assert await b.find_missing([gone, short]) == []
+        for p in files_under(tmp_path, "blobs"):
+            if p.name.startswith(gone.hash):
+                p.unlink()
+            else:
+                os.truncate(p, MiB)
+        with pytest.raises(BlobNotFound):
+            await a.read(gone)
+        with pytest.raises(BlobNotFound):
+            await a.read(short)
+        assert await b.find_missing([gone, short]) == [gone, short]
+        assert await a.find_missing([gone, short]) == [gone, short]
+        await a.close()
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_truncated_pack_drops_the_lost_blobs_only(tmp_path):
+    async def scenario():
+        a = DiskBlobStore(tmp_path, 1 << 30)
+        b = DiskBlobStore(tmp_path, 1 << 30)
+        blobs = [blob(1000) for _ in range(10)]
+        await a.put_many(blobs)
+        await a.close()  # seals the pack
+        a = DiskBlobStore(tmp_path, 1 << 30)
+        assert await b.find_missing([d for d, _ in blobs]) == []
+        (pack,) = files_under(tmp_path, "packs")
+        os.truncate(pack, 4500)  # the first four blobs survive
+        got = await a.get_many([d for d, _ in blobs])
+        assert set(got) == {d for d, _ in blobs[:4]}
+        assert await b.find_missing([d for d, _ in blobs]) == [d for d, _ in blobs[4:]]
+        assert a.stored_bytes == 4000
+        await a.close()
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_deleted_pack_reads_missing(tmp_path):
+    async def scenario():
+        a = DiskBlobStore(tmp_path, 1 << 30)
+        blobs = [blob(500) for _ in range(5)]
+        await a.put_many(blobs)
+        await a.close()
+        a = DiskBlobStore(tmp_path, 1 << 30)
+        for p in files_under(tmp_path, "packs"):
+            p.unlink()
+        for d, _ in blobs:
+            with pytest.raises(BlobNotFound):
+                await a.read(d)
+        assert await a.find_missing([d for d, _ in blobs]) == [d for d, _ in blobs]
+        await a.close()
+
+    asyncio.run(scenario())
+
+
+# ---- eviction racing a re-upload ---------------------------------------------------------------
+
+
+def test_eviction_never_deletes_a_concurrent_reupload(tmp_path):
+    """Process A evicts blob X; between A's commit and A's unlink, process B re-uploads X.
+
+    B sees no row (A's delete is committed), so it publishes a fresh copy and indexes it. A's
+    unlink must not hit that copy: afterwards X must be readable, in both processes.
+    """
+    d, data = blob(64 * 1024)
+    committed, republished = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def evictor() -> None:
+        async def main():
+            a = DiskBlobStore(tmp_path, 1 << 30, pack_max_blob=1024)
+            await a.put_many([(d, data)])
+            unlink = a._unlink_files
+
+            def racing_unlink(*args, **kwargs):
+                committed.set()
+                assert republished.wait(30)
+                return unlink(*args, **kwargs)
+
+            a._unlink_files = racing_unlink
+            a.evict(0)
+            await a.close()
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # noqa: BLE001 - reported by the test thread
+            errors.append(e)
+            committed.set()
+
+    async def reuploader():
+        t = threading.Thread(target=evictor)
+        t.start()
+        await asyncio.to_thread(committed.wait, 30)
+        b = DiskBlobStore(tmp_path, 1 << 30, pack_max_blob=1024)
+        assert await b.find_missing([d]) == [d]
+        await b.put_many([(d, data)])
+        republished.set()
+        await asyncio.to_thread(t.join, 30)
+        assert not errors, errors
+        assert await b.find_missing([d]) == []
+        assert await read_all(b, d) == data
+        c = DiskBlobStore(tmp_path, 1 << 30, pack_max_blob=1024)
+        assert await read_all(c, d) == data
+        await b.close()
+        await c.close()
+
+    asyncio.run(reuploader())
+
+
+def test_eviction_and_reupload_racing_in_two_processes(tmp_path):
+    """The same race with real processes and no hooks: one evicts everything over and over while
+    the other re-uploads the same blobs; every blob the index names must be readable after."""
+    script = f"""
+import asyncio, os, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from granary.cas.disk import DiskBlobStore
+from granary import digest as dg
+
+blobs = [(b"%d" % i) * 8000 for i in range(20)]
+role = sys.argv[1]
+
+async def main():
+    s = DiskBlobStore({str(tmp_path)!r}, 1 << 30, pack_max_blob=1024)
+    for _ in range(60):
+        if role == "evict":
+            s.evict(0)
+        else:
+            await s.put_many([(dg.compute(dg.SHA256, b), b) for b in blobs])
+    await s.close()
+
+asyncio.run(main())
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    procs = [subprocess.Popen(["python3", "-c", script, role], env=env) for role in ("evict", "upload")]
+    assert [p.wait(120) for p in procs] == [0, 0]
+
+    async def check():
+        s = DiskBlobStore(tmp_path, 1 << 30, pack_max_blob=1024)
+        blobs = [(b"%d" % i) * 8000 for i in range(20)]
+        digests = [dg.compute(dg.SHA256, b) for b in blobs]
+        present = [d for d in digests if d not in await s.find_missing(digests)]
+        for d, data in zip(digests, blobs):
+            if d in present:
+                assert await read_all(s, d) == data, "the index names a blob whose file was deleted"
+        await s.close()
+
+    asyncio.run(check())
+
+
+# ---- writes and durability -------------------------------------------------------------------
+
+
+def test_short_pack_write_is_finished_not_indexed_short(tmp_path, monkeypatch):
+    """os.pwrite may write less than asked (a signal, a nearly full disk): the rest must follow
+    before the index names the blobs."""
+    real = os.pwrite
+
+    def half_pwrite(fd, data, offset):
+        data = bytes(data)
+        return real(fd, data[: max(1, len(data) // 2)], offset)
+
+    async def scenario():
+        s = DiskBlobStore(tmp_path, 1 << 30)
+        blobs = [blob(1000) for _ in range(8)]
+        monkeypatch.setattr(os, "pwrite", half_pwrite)
+        await s.put_many(blobs)
+        monkeypatch.setattr(os, "pwrite", real)
+        await s.close()
+        s = DiskBlobStore(tmp_path, 1 << 30)
+        got = await s.get_many([d for d, _ in blobs])
+        assert got == dict(blobs)
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 2 MiB tmpfs (we are root in the test machine); skipped where mounting is not allowed."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                      capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_fails_the_write_and_indexes_nothing(tiny_fs):
+    async def scenario():
+        s = DiskBlobStore(tiny_fs / "store", 1 << 30, pack_max_blob=64 * 1024)
+        big, big_data = blob(3 * MiB)  # larger than the file system
+        with pytest.raises(ResourceExhausted):
+            await s.put_many([(big, big_data)])
+        assert files_under(tiny_fs / "store", "tmp") == []  # the partial file is gone
+        with pytest.raises(ResourceExhausted):
+            w = await s.open_writer(big)
+            for i in range(0, big.size, MiB):
+                await w.write(big_data[i : i + MiB])
+            await w.commit()
+        await w.abort()
+        small = [blob(60 * 1024) for _ in range(50)]  # 3 MB of packed blobs, in batches of ten
+        stored = []
+        with pytest.raises(ResourceExhausted):
+            for i in range(0, 50, 10):
+                await s.put_many(small[i : i + 10])
+                stored += small[i : i + 10]
+        assert await s.find_missing([big]) == [big]
+        present = [d for d, _ in small if d not in await s.find_missing([d for d, _ in small])]
+        assert set(present) == {d for d, _ in stored}
+        got = await s.get_many(present)
+        assert got == {d: data for d, data in small if d in present}
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+class FsyncLog:
+    """Records what is fsynced (by path), calling the real functions."""
+
+    def __init__(self, monkeypatch):
+        self.events: list[tuple[str, str]] = []
+        for name in ("fsync", "fdatasync"):
+            real = getattr(os, name)
+            monkeypatch.setattr(os, name, self._wrap(name, real))
+        real_unlink = os.unlink
+
+        def unlink(path, *a, **kw):
+            self.events.append(("unlink", str(path)))
+            return real_unlink(path, *a, **kw)
+
+        monkeypatch.setattr(os, "unlink", unlink)
+
+    def _wrap(self, name, real):
+        def call(fd):
+            self.events.append((name, os.readlink(f"/proc/self/fd/{fd}")))
+            return real(fd)
+
+        return call
+
+    def synced(self) -> set[str]:
+        return {p for kind, p in self.events if kind in ("fsync", "fdatasync")}
+
+
+def test_fsync_makes_directory_entries_and_index_durable(tmp_path, monkeypatch):
+    async def scenario():
+        log = FsyncLog(monkeypatch)
+        s = DiskBlobStore(tmp_path, 1 << 30, pack_max_blob=1024, fsync=True)
+        assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        big, big_data = blob(10_000)
+        small, small_data = blob(100)
+        await s.put_many([(big, big_data), (small, small_data)])
+        (path,) = files_under(tmp_path, "blobs")
+        synced = log.synced()
+        assert any(p.startswith(str(tmp_path / "tmp") + "/") for p in synced)  # the bytes, before the rename
+        assert str(path.parent) in synced  # the renamed entry
+        assert str(tmp_path / "packs") in synced  # the new pack's entry
+        (pack,) = files_under(tmp_path, "packs")
+        assert str(pack) in synced
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_compaction_makes_the_new_pack_durable_before_deleting_the_old(tmp_path, monkeypatch):
+    async def scenario():
+        s = DiskBlobStore(tmp_path, 1 << 30, fsync=True)
+        blobs = [blob(1000) for _ in range(10)]
+        await s.put_many(blobs)
+        await s.close()  # pack 1 sealed
+        s = DiskBlobStore(tmp_path, 1 << 30, fsync=True)
+        await s.delete([d for d, _ in blobs[:8]])  # pack 1 is mostly dead
+        log = FsyncLog(monkeypatch)
+        s._compact()
+        old = str(tmp_path / "packs" / "1.pack")
+        assert ("unlink", old) in log.events
+        gone_at = log.events.index(("unlink", old))
+        new_packs = {str(p) for p in files_under(tmp_path, "packs")}
+        assert new_packs and old not in new_packs
+        assert any(kind in ("fsync", "fdatasync") and p in new_packs for kind, p in log.events[:gone_at])
+        got = await s.get_many([d for d, _ in blobs[8:]])
+        assert got == dict(blobs[8:])
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_enospc_in_a_thread_write_is_resource_exhausted(tmp_path, monkeypatch):
+    """A streamed upload whose chunk write fails with ENOSPC: RESOURCE_EXHAUSTED, nothing indexed."""
+    real = os.write
+
+    def full(fd, data):
+        if len(data) >= 256 * 1024:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    async def scenario():
+        s = DiskBlobStore(tmp_path, 1 << 30)
+        d, data = blob(2 * MiB)
+        monkeypatch.setattr(os, "write", full)
+        w = await s.open_writer(d)
+        with pytest.raises(ResourceExhausted):
+            for i in range(0, d.size, MiB):
+                await w.write(data[i : i + MiB])
+            await w.commit()
+        await w.abort()
+        monkeypatch.setattr(os, "write", real)
+        assert await s.find_missing([d]) == [d]
+        assert files_under(tmp_path, "tmp") == []
+        await s.close()
+
+    asyncio.run(scenario())
