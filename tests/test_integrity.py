@@ -386,3 +386,71 @@ def test_enospc_in_a_thread_write_is_resource_exhausted(tmp_path, monkeypatch):
         await s.close()
 
     asyncio.run(scenario())
+
+
+# ---- granary fsck --------------------------------------------------------------------------------
+
+FSCK_CONFIG = """
+storage:
+  main:
+    type: tiered
+    cache: {type: disk, path: cas, pack_max_blob: 1KiB}
+    fallback: {type: memory}
+action_caches: {main: {type: sqlite, path: ac.sqlite}}
+instances: {"*": {cas: main, action_cache: main}}
+"""
+
+
+def granary(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    return subprocess.run(["python3", "-m", "granary", *args], env=env, capture_output=True, text=True,
+                          check=False, cwd=cwd, timeout=120)
+
+
+def test_fsck_rehashes_every_blob_and_repairs_the_index(tmp_path):
+    """Damage no read notices (same size, other bytes in a large file), damage a read would notice
+    (a flipped byte in a pack), and a file no row names: fsck finds all three, fixes the index and
+    exits 1; a second run finds nothing and exits 0."""
+    root = tmp_path / "data" / "cas"
+    small = [blob(500) for _ in range(20)]
+    large = [blob(8000) for _ in range(5)]
+
+    async def fill():
+        s = DiskBlobStore(root, 1 << 30, pack_max_blob=1024)
+        await s.put_many(small + large)
+        await s.close()
+
+    asyncio.run(fill())
+    (pack,) = files_under(root, "packs")
+    raw = bytearray(pack.read_bytes())
+    raw[3 * 500 + 7] ^= 0xFF  # the fourth small blob
+    pack.write_bytes(bytes(raw))
+    rotten = next(p for p in files_under(root, "blobs") if p.name.startswith(large[2][0].hash))
+    raw = bytearray(rotten.read_bytes())
+    raw[100] ^= 0xFF
+    rotten.write_bytes(bytes(raw))
+    orphan = rotten.parent / f"{large[0][0].hash}.1234"
+    orphan.write_bytes(large[0][1])
+    os.utime(orphan, (1, 1))  # long ago: not a publish in progress
+    config = tmp_path / "granary.yaml"
+    config.write_text(FSCK_CONFIG)
+
+    first = granary("fsck", "--config", str(config), "--data-dir", str(tmp_path / "data"))
+    assert first.returncode == 1, first.stderr
+    assert "storage.main.cache: checked 25 blobs" in first.stdout
+    assert "2 damaged or missing (dropped)" in first.stdout
+    assert "1 unindexed files removed" in first.stdout
+    assert "granary fsck: storage.main.cache: checking blobs" in first.stderr  # the plain progress lines
+    assert not orphan.exists()
+
+    async def check():
+        s = DiskBlobStore(root, 1 << 30, pack_max_blob=1024)
+        digests = [d for d, _ in small + large]
+        assert await s.find_missing(digests) == [small[3][0], large[2][0]]
+        assert s.stored_bytes == 19 * 500 + 4 * 8000
+        await s.close()
+
+    asyncio.run(check())
+    second = granary("fsck", "--config", str(config), "--data-dir", str(tmp_path / "data"), "-q")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "storage.main.cache: checked 23 blobs" in second.stdout and second.stderr == ""

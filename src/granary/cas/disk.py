@@ -85,6 +85,21 @@ _FLUSH_INTERVAL = 2.0
 _COALESCE_GAP = 64 << 10  # neighbouring packed blobs closer than this are read together
 _COALESCE_MAX = 4 << 20
 _INSERTS_SLOT = 1  # of changes.token; slot 0 is removals
+ORPHAN_AGE = 3600.0  # seconds: an unindexed file younger than this may be a publish in progress
+PROGRESS_BYTES = 64 << 20  # bytes fsck checks between two progress reports
+
+
+class FsckReport:
+    """What `DiskBlobStore.fsck` found: blobs checked, rows dropped, unindexed files removed."""
+
+    def __init__(self) -> None:
+        self.blobs = 0
+        self.dropped = 0
+        self.orphans = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.dropped and not self.orphans
 
 
 def _sql(key: str) -> bytes:
@@ -767,6 +782,116 @@ class DiskBlobStore(BlobStore):
             self._locations.clear()
         if sparse:
             self._delete_dead_packs()
+
+    # ---- fsck ---------------------------------------------------------------
+
+    def fsck(self, progress: Callable[[int, int], None] | None = None,
+             orphan_age: float = ORPHAN_AGE) -> FsckReport:
+        """Re-hash every indexed blob, drop the rows whose bytes are missing or wrong, remove
+        files under blobs/ that no row names (older than `orphan_age` seconds: younger ones may
+        be publishes in progress, renamed but not yet indexed), and recount the byte totals.
+
+        Safe while server processes use the store: every drop is conditional on the row still
+        naming what was checked. `progress(bytes_checked, bytes_total)` is called every
+        PROGRESS_BYTES or so and at the end.
+        """
+        self._maybe_flush_atimes(force=True)
+        report = FsckReport()
+        total = self.stored_bytes
+        checked = 0
+        last_report = 0
+        after = b""
+        while True:
+            rows = self._db.execute(
+                "SELECT key, size, pack, offset FROM blobs WHERE key > ? ORDER BY key LIMIT 1000", (after,)
+            ).fetchall()
+            if not rows:
+                break
+            after = rows[-1][0]
+            for raw, size, pack, offset in rows:
+                d = digest_of_key(_unsql(raw), size)
+                report.blobs += 1
+                if not self._hash_ok(d, (size, pack, offset)):
+                    now = next(iter(self._query([d.key])), None)
+                    loc = None if now is None else now[1:]
+                    if loc is not None and loc != (size, pack, offset) and self._hash_ok(d, loc):
+                        pass  # moved meanwhile; fine where it is now
+                    elif loc is not None and self._drop_broken(d, loc):
+                        report.dropped += 1
+                checked += size
+                if progress is not None and checked - last_report >= PROGRESS_BYTES:
+                    last_report = checked
+                    progress(checked, max(total, checked))
+        report.orphans = self._remove_orphans(orphan_age)
+        self._recount()
+        if progress is not None:
+            progress(checked, max(total, checked))
+        return report
+
+    def _hash_ok(self, d: BlobDigest, loc: tuple[int, int, int]) -> bool:
+        """The bytes at `loc` hash to `d` (streamed: a large file is never in memory whole)."""
+        size, pack, offset = loc
+        h = dg.new_hasher(d.function)
+        try:
+            if pack == _FILE:
+                fd = os.open(self._file_path(d.key, offset), os.O_RDONLY)
+            else:
+                fd = os.open(self._pack_path(pack), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            start = 0 if pack == _FILE else offset
+            pos = 0
+            while pos < size:
+                chunk = os.pread(fd, min(READ_CHUNK, size - pos), start + pos)
+                if not chunk:
+                    return False
+                h.update(chunk)
+                pos += len(chunk)
+            if pack == _FILE and os.fstat(fd).st_size != size:
+                return False
+        finally:
+            os.close(fd)
+        return h.hexdigest() == d.hash
+
+    def _remove_orphans(self, min_age: float) -> int:
+        """Files under blobs/ no row names: left by a crash between a publish's rename and its
+        index row, or by an older eviction race."""
+        removed = 0
+        old = time.time() - min_age
+        for sub in os.scandir(self.root / "blobs"):
+            if not sub.is_dir():
+                continue
+            for entry in os.scandir(sub.path):
+                key, _, gen_hex = entry.name.partition(".")
+                try:
+                    gen = int(gen_hex, 16) if gen_hex else 0
+                    raw = _sql(key)
+                except ValueError:
+                    continue  # not a blob file
+                if not raw:
+                    continue
+                row = self._db.execute("SELECT pack, offset FROM blobs WHERE key = ?", (raw,)).fetchone()
+                if row is not None and row[0] == _FILE and row[1] == gen:
+                    continue
+                try:
+                    if entry.stat().st_mtime > old:
+                        continue
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    def _recount(self) -> None:
+        """Byte totals from the rows themselves (a crash between statements cannot skew them, but
+        a store repaired by hand can)."""
+        with self._transaction():
+            self._db.execute("UPDATE meta SET v = (SELECT coalesce(sum(size), 0) FROM blobs) WHERE k = 'bytes'")
+            self._db.execute(
+                "UPDATE packs SET live = (SELECT coalesce(sum(size), 0) FROM blobs WHERE pack = packs.id)"
+            )
+        self._delete_dead_packs()
 
     # ---- paths and descriptors ---------------------------------------------
 
