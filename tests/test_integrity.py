@@ -454,3 +454,40 @@ def test_fsck_rehashes_every_blob_and_repairs_the_index(tmp_path):
     second = granary("fsck", "--config", str(config), "--data-dir", str(tmp_path / "data"), "-q")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "storage.main.cache: checked 23 blobs" in second.stdout and second.stderr == ""
+
+
+# ---- Redis: a streamed write whose temporary key expired -------------------------------------------
+
+from backend_fixtures import *  # noqa: E402, F403
+from backend_fixtures import uniq  # noqa: E402
+
+
+def test_redis_streamed_write_with_expired_temp_key_fails(backend_redis):
+    """The temporary key of a streamed write expires (here: deleted, as expiry would) between two
+    chunks: the APPEND after it would start a new key, and the commit must not rename that
+    truncated value into place."""
+    from granary.cas.redis import RedisBlobStore
+
+    async def scenario():
+        store = RedisBlobStore(backend_redis.url, prefix=uniq("cas") + ":")
+        d, data = blob(3 * MiB)
+        w = await store.open_writer(d)
+        await w.write(data[:MiB])  # flushed to the temporary key
+        (tmp,) = [k async for k in store.redis.scan_iter(match=store.prefix + "~tmp:*")]
+        await store.redis.delete(tmp)
+        with pytest.raises(Exception):  # noqa: B017, PT011 - any failure, as long as nothing commits
+            await w.write(data[MiB : 2 * MiB])
+            await w.write(data[2 * MiB :])
+            await w.commit()
+        await w.abort()
+        assert await store.redis.exists(store._key(d)) == 0
+        assert await store.find_missing([d]) == [d]
+        # a write that finishes in time still works
+        w = await store.open_writer(d)
+        for i in range(0, d.size, MiB):
+            await w.write(data[i : i + MiB])
+        await w.commit()
+        assert await read_all(store, d) == data
+        await store.close()
+
+    asyncio.run(scenario())
