@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from backend_fixtures import *
+from backend_fixtures import uniq
 
 from granary import digest as dg
 from granary.cas.disk import DiskBlobStore
@@ -458,9 +460,6 @@ def test_fsck_rehashes_every_blob_and_repairs_the_index(tmp_path):
 
 # ---- Redis: a streamed write whose temporary key expired -------------------------------------------
 
-from backend_fixtures import *  # noqa: E402, F403
-from backend_fixtures import uniq  # noqa: E402
-
 
 def test_redis_streamed_write_with_expired_temp_key_fails(backend_redis):
     """The temporary key of a streamed write expires (here: deleted, as expiry would) between two
@@ -475,7 +474,7 @@ def test_redis_streamed_write_with_expired_temp_key_fails(backend_redis):
         await w.write(data[:MiB])  # flushed to the temporary key
         (tmp,) = [k async for k in store.redis.scan_iter(match=store.prefix + "~tmp:*")]
         await store.redis.delete(tmp)
-        with pytest.raises(Exception):  # noqa: B017, PT011 - any failure, as long as nothing commits
+        with pytest.raises(Exception):  # noqa: B017 - any failure, as long as nothing commits
             await w.write(data[MiB : 2 * MiB])
             await w.write(data[2 * MiB :])
             await w.commit()
@@ -491,3 +490,99 @@ def test_redis_streamed_write_with_expired_temp_key_fails(backend_redis):
         await store.close()
 
     asyncio.run(scenario())
+
+
+# ---- bytes from other stores are verified ------------------------------------------------------
+
+
+def same_size_garbage(data: bytes) -> bytes:
+    return bytes(b ^ 0x5A for b in data[:64]) + data[64:]
+
+
+def test_tiered_never_serves_or_caches_wrong_bytes_from_redis(backend_redis, tmp_path, caplog):
+    from granary.cas.redis import RedisBlobStore
+    from granary.cas.tiered import TieredBlobStore
+
+    async def scenario():
+        cache = DiskBlobStore(tmp_path / "cache", 1 << 30, pack_max_blob=64 * 1024)
+        redis = RedisBlobStore(backend_redis.url, prefix=uniq("cas") + ":")
+        store = TieredBlobStore(cache, redis)
+        small, small_data = blob(1000)
+        large, large_data = blob(3 * MiB)
+        good, good_data = blob(2 * MiB)
+        await redis.redis.set(redis._key(small), same_size_garbage(small_data))
+        await redis.redis.set(redis._key(large), same_size_garbage(large_data))
+        await redis.put_many([(good, good_data)])
+        assert await store.get_many([small]) == {}
+        with pytest.raises(BlobNotFound):
+            await store.read(large)
+        with pytest.raises(BlobNotFound):
+            await store.read(large, 10, 100)
+        with pytest.raises(BlobNotFound):  # the backend alone verifies too
+            await redis.read(large)
+        assert await cache.find_missing([small, large]) == [small, large]  # nothing wrong was cached
+        assert await read_all(store, good) == good_data  # and right bytes still flow, and are cached
+        assert await cache.find_missing([good]) == []
+        warnings = [r for r in caplog.records if large.hash in r.getMessage()]
+        assert len(warnings) == 1  # logged once
+        await store.close()
+        await cache.close()
+        await redis.close()
+
+    asyncio.run(scenario())
+
+
+def test_s3_reads_verify_bytes(backend_s3, tmp_path):
+    from backend_fixtures import S3_BUCKET, S3_CREDENTIALS
+
+    from granary.cas.s3 import S3BlobStore
+    from granary.s3_client import S3Connection
+
+    async def scenario():
+        creds = {"access_key_id": S3_CREDENTIALS["access_key_id"],
+                 "secret_access_key": S3_CREDENTIALS["secret_access_key"], "region": S3_CREDENTIALS["region"]}
+        conn = S3Connection(bucket=S3_BUCKET, endpoint_url=backend_s3.endpoint, create_bucket=True, **creds)
+        s3 = S3BlobStore(conn, prefix=uniq("cas") + "/")
+        small, small_data = blob(1000)
+        large, large_data = blob(3 * MiB)
+        client = await conn.client()
+        for d, data in ((small, small_data), (large, large_data)):
+            await client.put_object(Bucket=S3_BUCKET, Key=s3._key(d), Body=same_size_garbage(data))
+        assert await s3.get_many([small]) == {}
+        with pytest.raises(BlobNotFound):
+            await s3.read(large)
+        with pytest.raises(BlobNotFound):
+            await s3.read(small, 5, 10)
+        await s3.close()
+
+    asyncio.run(scenario())
+
+
+REMOTE_DISK = """
+storage: {main: {type: disk, path: cas, pack_max_blob: 1KiB}}
+action_caches: {main: {type: memory}}
+instances: {"*": {cas: main, action_cache: main}}
+"""
+
+
+def test_remote_reads_verify_bytes(tmp_path):
+    """A remote REAPI server whose disk rotted (same size, other bytes: its reads do not notice):
+    a remote store in front of it must not pass those bytes on."""
+    from serverutil import start_granary
+
+    from granary.cas.remote import RemoteBlobStore
+    from granary.remote_endpoint import RemoteEndpoint
+
+    large, large_data = blob(3 * MiB)
+    with start_granary(tmp_path / "remote", REMOTE_DISK) as server:
+        async def scenario():
+            remote = RemoteBlobStore(RemoteEndpoint(server.url))
+            await remote.put_many([(large, large_data)])
+            (path,) = files_under(server.data_dir / "cas", "blobs")
+            path.write_bytes(same_size_garbage(large_data))
+            with pytest.raises(BlobNotFound):
+                await remote.read(large)
+            assert await remote.get_many([large]) == {}
+            await remote.close()
+
+        asyncio.run(scenario())

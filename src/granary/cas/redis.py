@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from granary.cas.blobstore import READ_CHUNK, BlobInfo, BlobStore, BlobWriter
 from granary.cas.disk import digest_of_key
+from granary.cas.verify import keep_verified, verified_read
 from granary.digest import BlobDigest
 from granary.errors import BlobNotFound, ResourceExhausted, Unavailable
 from granary.redis_client import LazyRedis
@@ -95,7 +96,7 @@ class RedisBlobStore(BlobStore):
             for d, v in zip(part, values):
                 if v is not None and len(v) == d.size:
                     out[d] = v
-        return out
+        return keep_verified(self.name, out)
 
     async def put_many(self, blobs: Sequence[tuple[BlobDigest, bytes]]) -> None:
         for d, _ in blobs:
@@ -118,6 +119,11 @@ class RedisBlobStore(BlobStore):
                 await self.redis.delete(*[self._key(d) for d in part])
 
     async def read(self, digest: BlobDigest, offset: int = 0, limit: int = 0) -> AsyncIterator[bytes]:
+        """Verified before the first byte (granary.cas.verify)."""
+        return await verified_read(self.name, self.read_unverified, digest, offset, limit)
+
+    async def read_unverified(self, digest: BlobDigest, offset: int = 0, limit: int = 0) -> AsyncIterator[bytes]:
+        """The stored bytes as they are (for a caller that verifies them itself)."""
         key = self._key(digest)
         if not digest.size or await self.redis.strlen(key) != digest.size:
             raise BlobNotFound(digest)
