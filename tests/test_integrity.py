@@ -586,3 +586,66 @@ def test_remote_reads_verify_bytes(tmp_path):
             await remote.close()
 
         asyncio.run(scenario())
+
+
+# ---- deferred fallback writes survive a crash ------------------------------------------------------
+
+DEFERRED = """
+storage:
+  main:
+    type: tiered
+    cache: {{type: disk, path: cas}}
+    fallback: {{type: redis, url: "redis://127.0.0.1:{port}/0", prefix: "fb:"}}
+    defer_fallback_writes: true
+action_caches: {{main: {{type: memory}}}}
+instances: {{"*": {{cas: main, action_cache: main}}}}
+"""
+
+
+def test_deferred_fallback_copies_survive_sigkill(tmp_path):
+    """Blobs acknowledged while the fallback (Redis) is down sit in the copy backlog; the server is
+    SIGKILLed; after a restart with Redis up, every one of them reaches Redis."""
+    import shutil
+    import signal
+    import time
+
+    import redis as redis_sync
+    from reapi import Client
+    from serverutil import start_granary
+    from services import free_port
+
+    port = free_port()
+    config = DEFERRED.format(port=port)
+    blobs = [os.urandom(1000 + i) for i in range(30)] + [os.urandom(300_000)]
+    server = start_granary(tmp_path, config)
+    try:
+        client = Client(server.address)
+        client.upload(*blobs)
+        client.close()
+    finally:
+        server.stop(signal.SIGKILL)
+    redis_server = subprocess.Popen(
+        [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = redis_sync.Redis(port=port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r.ping()
+                break
+            except redis_sync.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.1)
+        keys = [b"fb:" + dg.compute(dg.SHA256, b).hash.encode() for b in blobs]
+        assert r.exists(*keys) == 0  # nothing reached the fallback before the crash
+        with start_granary(tmp_path, config):
+            deadline = time.monotonic() + 60
+            while r.exists(*keys) < len(keys) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert [r.get(k) for k in keys] == blobs
+        r.close()
+    finally:
+        redis_server.terminate()
+        redis_server.wait(20)

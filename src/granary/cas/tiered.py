@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 from granary import digest as dg
 from granary.cas.blobstore import BlobInfo, BlobStore, BlobWriter
@@ -42,6 +43,7 @@ class TieredBlobStore(BlobStore):
         queue_max_blobs: int = 100_000,
         queue_max_bytes: int = 256 << 20,
         queue_workers: int = 4,
+        queue_journal: Path | None = None,
     ):
         self.cache = cache
         self.fallback = fallback
@@ -50,7 +52,8 @@ class TieredBlobStore(BlobStore):
         self.queue: FallbackQueue | None = None
         if defer_fallback_writes:
             self.queue = FallbackQueue(
-                cache, fallback, max_blobs=queue_max_blobs, max_bytes=queue_max_bytes, workers=queue_workers
+                cache, fallback, max_blobs=queue_max_blobs, max_bytes=queue_max_bytes, workers=queue_workers,
+                journal=queue_journal,
             )
 
     @property
