@@ -649,3 +649,56 @@ def test_deferred_fallback_copies_survive_sigkill(tmp_path):
     finally:
         redis_server.terminate()
         redis_server.wait(20)
+
+
+# ---- write_once is atomic on every action cache backend --------------------------------------------
+
+WRITE_ONCE_REMOTE = """
+storage: {mem: {type: memory}}
+action_caches: {mem: {type: memory}}
+instances: {"*": {cas: mem, action_cache: mem, write_once: true}}
+"""
+
+
+@pytest.fixture(scope="module")
+def write_once_remote(tmp_path_factory):
+    from serverutil import start_granary
+
+    server = start_granary(tmp_path_factory.mktemp("write-once-remote"), WRITE_ONCE_REMOTE)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("layout", ["disk", "sqlite", "sql-sqlite", "sql-postgres", "redis", "s3", "remote"])
+def test_write_once_has_exactly_one_winner(layout, backends, tmp_path, request):
+    """Eight writers, each with its own store object (its own connection: as eight server
+    processes), race to store different results for one action: exactly one wins, and every
+    other one is told the winner's result, which is what stays stored."""
+    from backend_fixtures import AC_LAYOUTS, StoreHarness
+
+    from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+
+    if layout == "disk":
+        spec = {"type": "disk", "path": str(tmp_path / "ac")}
+    elif layout == "remote":
+        spec = {"type": "remote", "address": request.getfixturevalue("write_once_remote").url}
+    else:
+        spec = AC_LAYOUTS[layout](backends)
+    d, _ = blob(64)
+    key = f"{uniq('ns')}\x00{d.key}/{d.size}"
+    values = [re_pb2.ActionResult(exit_code=i + 1).SerializeToString(deterministic=True) for i in range(8)]
+
+    async def scenario():
+        harnesses = [StoreHarness(tmp_path) for _ in values]
+        stores = [h.ac_store(spec) for h in harnesses]
+        try:
+            answers = await asyncio.gather(*(s.put_if_absent(key, v) for s, v in zip(stores, values)))
+            winners = [v for v, a in zip(values, answers) if a is None]
+            assert len(winners) == 1, answers
+            assert all(a == winners[0] for a in answers if a is not None)
+            assert await stores[0].get(key) == winners[0]
+        finally:
+            for h in harnesses:
+                await h.close()
+
+    asyncio.run(scenario())
