@@ -425,7 +425,7 @@ class DiskBlobStore(BlobStore):
         self._drop_broken(d, loc)
         return None
 
-    def _drop_broken(self, d: BlobDigest, loc: tuple[int, int, int]) -> bool:
+    def _drop_broken(self, d: BlobDigest, loc: tuple[int, int, int], warn: bool = True) -> bool:
         """Delete the row of a blob whose bytes are missing, short or wrong, if it still names
         `loc` (a row another process has moved or re-published since is not this one). Every
         process forgets it through the removal token; FindMissingBlobs reports it missing."""
@@ -449,7 +449,7 @@ class DiskBlobStore(BlobStore):
         self._locations.pop(d.key, None)
         self._verified.discard(d.key)
         if gone:
-            log.warning("disk store %s: blob %s was indexed but its bytes are missing or damaged;"
+            (log.warning if warn else log.info)("disk store %s: blob %s was indexed but its bytes are missing or damaged;"
                         " dropped from the index (clients will upload it again)", self.root, d)
             self._unlink_files(files)
             self._delete_dead_packs()
@@ -816,7 +816,7 @@ class DiskBlobStore(BlobStore):
                     loc = None if now is None else now[1:]
                     if loc is not None and loc != (size, pack, offset) and self._hash_ok(d, loc):
                         pass  # moved meanwhile; fine where it is now
-                    elif loc is not None and self._drop_broken(d, loc):
+                    elif loc is not None and self._drop_broken(d, loc, warn=False):  # fsck counts them
                         report.dropped += 1
                 checked += size
                 if progress is not None and checked - last_report >= PROGRESS_BYTES:
