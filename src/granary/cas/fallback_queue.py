@@ -39,6 +39,7 @@ log = logging.getLogger("granary.cas.tiered")
 _BATCH_BYTES = 4 << 20
 _BATCH_BLOBS = 500
 _LOG_INTERVAL = 10.0
+_OPEN_JOURNALS: set[Path] = set()  # journals a queue of this process has open
 
 
 class FallbackQueue:
@@ -82,12 +83,21 @@ class FallbackQueue:
             " hash TEXT NOT NULL, size INTEGER NOT NULL, owner INTEGER NOT NULL)"
         )
         self._journal = db
+        self._journal_path = path.resolve()
         me = os.getpid()
+        # rows of this pid are a dead predecessor's (the pid was reused) unless a queue of this
+        # process already has the journal open
+        mine_are_orphans = self._journal_path not in _OPEN_JOURNALS
+        _OPEN_JOURNALS.add(self._journal_path)
         owners = [o for (o,) in db.execute("SELECT DISTINCT owner FROM pending").fetchall()]
-        gone = [o for o in owners if o == me or not pid_alive(o)]
+        gone = [o for o in owners if o == me and mine_are_orphans or o != me and not pid_alive(o)]
+        rows = []
         for owner in gone:
-            db.execute("UPDATE pending SET owner = ? WHERE owner = ?", (me, owner))
-        rows = db.execute("SELECT function, hash, size FROM pending WHERE owner = ?", (me,)).fetchall()
+            with db:
+                db.execute("BEGIN IMMEDIATE")  # one process takes a dead owner's rows, not two
+                rows += db.execute(
+                    "UPDATE pending SET owner = ? WHERE owner = ? RETURNING function, hash, size", (me, owner)
+                ).fetchall()
         for function, hash_, size in rows:
             d = BlobDigest(function, hash_, size)
             if d not in self._queued:
@@ -251,3 +261,4 @@ class FallbackQueue:
         if self._journal is not None:
             self._journal.close()  # what is still in it is copied by the next process
             self._journal = None
+            _OPEN_JOURNALS.discard(self._journal_path)
