@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # configuration models, server modules or other commands' flags; the server processes what
 # their supervisor imported for them (granary.preload).
 
-OWN_PARSERS = ("serve", "cleanup", "worker", "config", "status", "builds", "build")  # commands whose parser is built alone
+OWN_PARSERS = ("serve", "cleanup", "fsck", "worker", "config", "status", "builds", "build")  # commands whose parser is built alone
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -64,6 +64,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         from granary import cleanup_cli
 
         cleanup_cli.add_parser(sub)
+    if "fsck" in wanted:
+        from granary import fsck_cli
+
+        fsck_cli.add_parser(sub)
     if "worker" in wanted:
         from granary.worker import cli as worker_cli
 
@@ -172,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             from granary import cleanup_cli
 
             return cleanup_cli.cmd_cleanup(args)
+        if args.command == "fsck":
+            from granary import fsck_cli
+
+            return fsck_cli.cmd_fsck(args)
         if args.command == "worker":
             from granary.worker import cli as worker_cli
 

@@ -35,6 +35,7 @@ STAGES = {
     "reindex": ("indexing blobs the store holds", "blobs"),
     "scan": ("reading action cache entries", "entries"),
     "delete": ("deleting least recently used blobs", "bytes"),
+    "verify": ("checking blobs against their digests", "bytes"),
 }
 
 
@@ -70,15 +71,16 @@ class PlainDisplay(Display):
     """`granary cleanup: WHERE: STAGE: AMOUNT` on stderr every PLAIN_EVERY seconds while a stage runs,
     and once (`, done`) when it ends: a quick stage is one line, a long one a line now and then."""
 
-    def __init__(self, out: TextIO | None = None, every: float = PLAIN_EVERY):
+    def __init__(self, out: TextIO | None = None, every: float = PLAIN_EVERY, command: str = "granary cleanup"):
         self.out = out or sys.stderr
+        self.command = command
         self.every = every
         self.current: dict[str, tuple[str, int, int | None]] = {}  # where -> stage, done, total
         self.last: dict[str, float] = {}  # where -> when its stage started or its last line was shown
 
     def _line(self, where: str, stage: str, done: int, total: int | None, end: str = "") -> None:
         label = STAGES.get(stage, (stage, ""))[0]
-        print(f"granary cleanup: {where}: {label}: {amount(stage, done, total)}{end}", file=self.out, flush=True)
+        print(f"{self.command}: {where}: {label}: {amount(stage, done, total)}{end}", file=self.out, flush=True)
 
     def update(self, where: str, stage: str, done: int, total: int | None) -> None:
         previous = self.current.get(where)
@@ -158,11 +160,11 @@ class BarDisplay(Display):
             self.progress = None
 
 
-def display(quiet: bool, stream: TextIO | None = None) -> Display:
+def display(quiet: bool, stream: TextIO | None = None, command: str = "granary cleanup") -> Display:
     """The display for this run: none with --quiet, a bar on a terminal, plain lines otherwise."""
     stream = stream or sys.stderr
     if quiet:
         return Display()
     if stream.isatty():
         return BarDisplay()
-    return PlainDisplay(stream)
+    return PlainDisplay(stream, command=command)

@@ -112,6 +112,9 @@ class StoreBuilder:
                 child(o["cache"]), child(o["fallback"]), defer_fallback_writes=o["defer_fallback_writes"],
                 queue_max_blobs=o["queue_max_blobs"], queue_max_bytes=o["queue_max_bytes"],
                 queue_workers=o["queue_workers"],
+                # the backlog of deferred copies survives a crash (granary.cas.fallback_queue)
+                queue_journal=cfg.data_dir / "fallback-queue" / f"{spec.where}.sqlite"
+                if o["defer_fallback_writes"] else None,
             )
         elif spec.type == "sizesplit":
             tiers = [(max_size, child(s)) for max_size, s in o["stores"]]

@@ -55,11 +55,29 @@ class RemoteActionCacheStore(ActionCacheStore):
         return result.SerializeToString(deterministic=True)
 
     async def put(self, key: str, value: bytes) -> None:
+        await self._update(key, value)
+
+    async def put_if_absent(self, key: str, value: bytes) -> bytes | None:
+        """A stored result if there is one, else one UpdateActionResult, whose reply is what the
+        remote stored.
+
+        REAPI has no conditional write, so this is atomic exactly when the remote keeps the
+        first result itself (a Granary with `write_once: true` on that instance replies with
+        the result it kept): then of concurrent writers one wins and the others are told its
+        result. A remote that overwrites makes the last writer win, as `put` would.
+        """
+        existing = await self.get(key)  # the common case, answered without writing
+        if existing is not None:
+            return existing
+        stored = await self._update(key, value)
+        return None if stored == value else stored
+
+    async def _update(self, key: str, value: bytes) -> bytes:
         instance, action = self._split(key)
         result = re_pb2.ActionResult()
         result.ParseFromString(value)
         try:
-            await self._ac().UpdateActionResult(
+            reply = await self._ac().UpdateActionResult(
                 re_pb2.UpdateActionResultRequest(
                     instance_name=instance, action_digest=to_proto(action), action_result=result,
                     digest_function=action.function,
@@ -68,6 +86,7 @@ class RemoteActionCacheStore(ActionCacheStore):
             )
         except grpc.aio.AioRpcError as e:
             raise rpc_error(e, "UpdateActionResult") from None
+        return reply.SerializeToString(deterministic=True)
 
     async def delete(self, key: str) -> None:
         return None  # REAPI cannot delete; the remote checks its own entries' completeness

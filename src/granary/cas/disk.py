@@ -3,7 +3,8 @@
 Layout under `root`:
   index.sqlite      every blob: key, size, location, last access (WAL mode)
   packs/N.pack      append-only files holding small blobs back to back
-  blobs/ab/KEY      one file per large blob
+  blobs/ab/KEY.G    one file per large blob; G (hex) is a random generation, unique per
+                    publish, kept in the row's offset column (0: the older name blobs/ab/KEY)
   tmp/              writes in progress (PID-UUID), renamed into blobs/ when verified
 
 Small blobs are packed because one file per blob costs 130-600 us of CPU on
@@ -12,6 +13,15 @@ transaction. A blob becomes visible only when its index row is committed,
 and that happens after its bytes are completely written, so a crash never
 leaves a readable partial blob. Packed blobs are re-hashed on read (cheap
 for small blobs), so bytes lost to a power cut read as missing, not wrong.
+
+A row whose bytes turn out missing, short or wrong on read is deleted at once
+(only if it still names the location that failed, so a blob moved or
+re-published meanwhile is left alone), and the removal token tells every
+process: FindMissingBlobs then reports the blob missing and clients upload it
+again. Every file a row names is created before the row and deleted only after
+it; with a generation in each large blob's file name, an eviction's unlink can
+never hit the fresh copy another process has just published under the same key.
+`granary fsck` (granary.fsck) re-hashes everything and removes what no row names.
 
 Each process keeps a cache of known locations, and of keys known missing;
 evictions and compactions bump a generation number in the index, inserts an
@@ -28,12 +38,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,6 +56,8 @@ from granary.errors import BlobNotFound, ResourceExhausted
 from granary.pids import pid_alive as _pid_alive
 from granary.shared_token import bump, open_token, read
 from granary.sqlite_wal import enable_wal
+
+log = logging.getLogger("granary.cas.disk")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -71,6 +85,21 @@ _FLUSH_INTERVAL = 2.0
 _COALESCE_GAP = 64 << 10  # neighbouring packed blobs closer than this are read together
 _COALESCE_MAX = 4 << 20
 _INSERTS_SLOT = 1  # of changes.token; slot 0 is removals
+ORPHAN_AGE = 3600.0  # seconds: an unindexed file younger than this may be a publish in progress
+PROGRESS_BYTES = 64 << 20  # bytes fsck checks between two progress reports
+
+
+class FsckReport:
+    """What `DiskBlobStore.fsck` found: blobs checked, rows dropped, unindexed files removed."""
+
+    def __init__(self) -> None:
+        self.blobs = 0
+        self.dropped = 0
+        self.orphans = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.dropped and not self.orphans
 
 
 def _sql(key: str) -> bytes:
@@ -117,6 +146,8 @@ class DiskBlobStore(BlobStore):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.root / "index.v2.sqlite", isolation_level=None, timeout=30)
         enable_wal(self._db)
+        if fsync:  # a commit is on disk when it returns (NORMAL: a power cut may undo the last ones)
+            self._db.execute("PRAGMA synchronous=FULL")
         self._checkpointer = _Checkpointer(self.root / "index.v2.sqlite")
         self._db.executescript(_SCHEMA)  # idempotent; several processes may race here
         self._pid = os.getpid()
@@ -245,10 +276,13 @@ class DiskBlobStore(BlobStore):
         if not due:
             return
         t = int(now)
-        with self._transaction():
-            self._db.executemany(
-                "UPDATE blobs SET atime = ? WHERE key = ? AND atime < ?", ((t, _sql(k), t) for k in due)
-            )
+        try:
+            with self._transaction():
+                self._db.executemany(
+                    "UPDATE blobs SET atime = ? WHERE key = ? AND atime < ?", ((t, _sql(k), t) for k in due)
+                )
+        except sqlite3.OperationalError as e:  # e.g. a full disk: lookups must go on working
+            log.warning("disk store %s: access times not recorded: %s", self.root, e)
 
     def _locate_many(self, digests: Sequence[BlobDigest]) -> dict[str, tuple[int, int, int]]:
         """Locations of the stored keys among `digests`; callers compare sizes (a wrong size
@@ -334,12 +368,9 @@ class DiskBlobStore(BlobStore):
             view = memoryview(span)
             for _, offset, size, d in items[i:j]:
                 data = bytes(view[offset - start : offset - start + size])
-                if len(data) != size:
-                    self._locations.pop(d.key, None)
-                    retried = self._retry_read(d)
-                    if retried is not None:
-                        out[d] = retried
-                elif self._verify(d, data):
+                if len(data) != size or not self._verify(d, data):
+                    data = self._read_again(d, (size, pack, offset))
+                if data is not None:
                     out[d] = data
             i = j
 
@@ -349,58 +380,86 @@ class DiskBlobStore(BlobStore):
         if key in self._verified:
             return True
         if not dg.matches(d, data):
-            self._forget_corrupt(d)
             return False
         if len(self._verified) > 2_000_000:
             self._verified.clear()
         self._verified.add(key)
         return True
 
-    def _read_whole(self, d: BlobDigest, loc: tuple[int, int, int]) -> bytes | None:
+    def _read_at(self, d: BlobDigest, loc: tuple[int, int, int]) -> bytes | None:
+        """The blob's bytes at `loc`, or None if they are missing, short or (packed) wrong."""
         size, pack, offset = loc
         try:
             if pack == _FILE:
-                with open(self._file_path(d.key), "rb") as f:
+                with open(self._file_path(d.key, offset), "rb") as f:
                     data = f.read()
             else:
                 data = os.pread(self._pack_reader(pack), size, offset)
         except FileNotFoundError:
-            self._locations.pop(d.key, None)
-            return self._retry_read(d)
-        if pack != _FILE:
-            if not self._verify(d, data):
-                return None
-        elif len(data) != size:
-            self._forget_corrupt(d)
+            return None
+        if len(data) != size or pack != _FILE and not self._verify(d, data):
             return None
         return data
 
-    def _retry_read(self, d: BlobDigest) -> bytes | None:
-        """A location went stale (compaction/eviction in another process): look again once."""
+    def _read_whole(self, d: BlobDigest, loc: tuple[int, int, int]) -> bytes | None:
+        data = self._read_at(d, loc)
+        return data if data is not None else self._read_again(d, loc)
+
+    def _read_again(self, d: BlobDigest, failed: tuple[int, int, int]) -> bytes | None:
+        """Reading at `failed` found no good bytes. If the index has moved the blob meanwhile
+        (compaction, or eviction and a re-upload in another process) read it there; if the row
+        still names a location without good bytes, the row is broken: drop it."""
+        self._locations.pop(d.key, None)
+        self._verified.discard(d.key)
         rows = list(self._query([d.key]))
         if not rows or rows[0][1] != d.size:
             return None
-        _, size, pack, offset = rows[0]
-        try:
-            if pack == _FILE:
-                with open(self._file_path(d.key), "rb") as f:
-                    data = f.read()
-            else:
-                self._close_reader(pack)
-                data = os.pread(self._pack_reader(pack), size, offset)
-        except FileNotFoundError:
-            return None
-        return data if dg.matches(d, data) else None
+        loc = rows[0][1:]
+        if loc != failed:
+            if loc[1] != _FILE:
+                self._close_reader(loc[1])
+            data = self._read_at(d, loc)
+            if data is not None:
+                self._locations[d.key] = loc
+                return data
+        self._drop_broken(d, loc)
+        return None
 
-    def _forget_corrupt(self, d: BlobDigest) -> None:
-        """Bytes on disk do not match the digest (e.g. lost in a power cut): drop the entry."""
-        self._remove_rows([d.key])
+    def _drop_broken(self, d: BlobDigest, loc: tuple[int, int, int], warn: bool = True) -> bool:
+        """Delete the row of a blob whose bytes are missing, short or wrong, if it still names
+        `loc` (a row another process has moved or re-published since is not this one). Every
+        process forgets it through the removal token; FindMissingBlobs reports it missing."""
+        size, pack, offset = loc
+        files: list[tuple[str, int]] = []
+        try:
+            with self._removal():
+                gone = self._db.execute(
+                    "DELETE FROM blobs WHERE key = ? AND size = ? AND pack = ? AND offset = ?",
+                    (_sql(d.key), size, pack, offset),
+                ).rowcount
+                if gone:
+                    if pack == _FILE:
+                        files.append((d.key, offset))
+                    else:
+                        self._db.execute("UPDATE packs SET live = live - ? WHERE id = ?", (size, pack))
+                    self._db.execute("UPDATE meta SET v = v - ? WHERE k = 'bytes'", (size,))
+        except sqlite3.OperationalError as e:  # e.g. a full disk: the next read tries again
+            log.warning("disk store %s: could not drop damaged blob %s: %s", self.root, d, e)
+            return False
+        self._locations.pop(d.key, None)
+        self._verified.discard(d.key)
+        if gone:
+            (log.warning if warn else log.info)("disk store %s: blob %s was indexed but its bytes are missing or damaged;"
+                        " dropped from the index (clients will upload it again)", self.root, d)
+            self._unlink_files(files)
+            self._delete_dead_packs()
+        return bool(gone)
 
     async def read(self, digest: BlobDigest, offset: int = 0, limit: int = 0) -> AsyncIterator[bytes]:
         loc = self._locate_many([digest]).get(digest.key)
         if loc is None or loc[0] != digest.size:
             raise BlobNotFound(digest)
-        size, pack, _ = loc
+        size, pack, gen = loc
         end = size if limit <= 0 else min(size, offset + limit)
         if pack != _FILE:
             data = self._read_whole(digest, loc)
@@ -408,18 +467,21 @@ class DiskBlobStore(BlobStore):
                 raise BlobNotFound(digest)
             return _iter_bytes(data, offset, end)
         try:
-            fd = os.open(self._file_path(digest.key), os.O_RDONLY)
+            fd = os.open(self._file_path(digest.key, gen), os.O_RDONLY)
         except FileNotFoundError:
-            self._locations.pop(digest.key, None)
-            raise BlobNotFound(digest) from None
-        if os.fstat(fd).st_size != size:
-            os.close(fd)
-            self._forget_corrupt(digest)
-            raise BlobNotFound(digest)
+            fd = -1
+        if fd < 0 or os.fstat(fd).st_size != size:
+            if fd >= 0:
+                os.close(fd)
+            # moved or re-published meanwhile (read that), or broken (dropped)
+            data = self._read_again(digest, loc)
+            if data is None:
+                raise BlobNotFound(digest) from None
+            return _iter_bytes(data, offset, end)
         if end - offset > READ_CHUNK:
             # larger kernel readahead for what is not cached yet; a no-op for cached pages
             os.posix_fadvise(fd, offset, end - offset, os.POSIX_FADV_SEQUENTIAL)
-        return _iter_file(fd, offset, end)
+        return _iter_file(fd, offset, end, lambda: self._drop_broken(digest, loc), digest)
 
     async def put_many(self, blobs: Sequence[tuple[BlobDigest, bytes]]) -> None:
         unique: dict[str, tuple[BlobDigest, bytes]] = {}
@@ -435,13 +497,18 @@ class DiskBlobStore(BlobStore):
             if d.size > self.pack_max_blob:
                 self._check_room(d.size)
                 tmp = self._tmp_path()
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 try:
-                    _write_all(fd, data)
-                    if self.fsync:
-                        os.fdatasync(fd)
-                finally:
-                    os.close(fd)
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    try:
+                        _write_all(fd, data)
+                        if self.fsync:
+                            os.fdatasync(fd)
+                    finally:
+                        os.close(fd)
+                except OSError as e:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                    raise disk_error(e, d) from e
                 self._publish_file(d, tmp)
         if small:
             self._append_small(small)
@@ -452,9 +519,12 @@ class DiskBlobStore(BlobStore):
         if self._pack_fd < 0 or self._pack_size + total > self.pack_file_bytes:
             self._new_pack()
         base = self._pack_size
-        os.pwrite(self._pack_fd, b"".join(data for _, data in blobs), base)
-        if self.fsync:
-            os.fdatasync(self._pack_fd)
+        try:
+            _pwrite_all(self._pack_fd, b"".join(data for _, data in blobs), base)
+            if self.fsync:
+                os.fdatasync(self._pack_fd)
+        except OSError as e:  # nothing indexed; the next write goes to the same offset
+            raise disk_error(e, blobs[0][0]) from e
         self._pack_size += total
         rows = []
         offset = base
@@ -463,7 +533,9 @@ class DiskBlobStore(BlobStore):
             offset += d.size
         self._insert(rows, pack_growth=total)
 
-    def _insert(self, rows: list[tuple[str, int, int, int]], pack_growth: int = 0) -> None:
+    def _insert(
+        self, rows: list[tuple[str, int, int, int]], pack_growth: int = 0
+    ) -> list[tuple[str, int, int, int]]:
         """Index rows (key, size, pack, offset) whose bytes are written: packed rows of this
         process's pack, or one file row; rows for keys another process indexed meanwhile are
         left out. Everything but the statements is done outside the write lock: other
@@ -471,7 +543,7 @@ class DiskBlobStore(BlobStore):
         now = int(time.time())
         db = self._db
         params = [(_sql(key), size, pack, offset, now) for key, size, pack, offset in rows]
-        with self._transaction():
+        with _index_full(), self._transaction():
             inserted = db.executemany(
                 "INSERT INTO blobs VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING", params
             ).rowcount
@@ -505,6 +577,7 @@ class DiskBlobStore(BlobStore):
             self._inserts = inserts
         if total + self.inflight_bytes > self.max_bytes:
             self.evict(max(int(self.max_bytes * 0.9) - self.inflight_bytes, self.max_bytes // 2))
+        return new
 
     def _ours(self, rows: list[tuple[str, int, int, int]], inserted: int) -> list[tuple[str, int, int, int]]:
         """The rows this transaction inserted, when some keys were there already (rare)."""
@@ -528,12 +601,38 @@ class DiskBlobStore(BlobStore):
         self._pack_id = cur.lastrowid
         self._pack_fd = os.open(self._pack_path(self._pack_id), os.O_WRONLY | os.O_CREAT, 0o644)
         self._pack_size = 0
+        if self.fsync:  # the pack's name must survive a power cut as surely as its bytes
+            _fsync_dir(self.root / "packs")
 
     def _publish_file(self, d: BlobDigest, tmp: str) -> None:
-        final = self._file_path(d.key)
-        final.parent.mkdir(exist_ok=True)
-        os.rename(tmp, final)
-        self._insert([(d.key, d.size, _FILE, 0)])
+        """Move a complete temp file under blobs/ with a fresh generation, then index it.
+
+        The name is unique to this publish, so no eviction of an earlier copy (in any process)
+        can unlink it; if another process indexed the key meanwhile, this copy is removed.
+        """
+        gen = _new_generation()
+        final = self._file_path(d.key, gen)
+        try:
+            if not final.parent.is_dir():
+                final.parent.mkdir(exist_ok=True)
+                if self.fsync:
+                    _fsync_dir(final.parent.parent)
+            os.rename(tmp, final)
+            if self.fsync:  # the new name is durable before the index names it
+                _fsync_dir(final.parent)
+        except OSError as e:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise disk_error(e, d) from e
+        try:
+            new = self._insert([(d.key, d.size, _FILE, gen)])
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(final)
+            raise
+        if not new:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(final)
 
     async def open_writer(self, digest: BlobDigest) -> BlobWriter:
         return _DiskWriter(self, digest)
@@ -552,7 +651,8 @@ class DiskBlobStore(BlobStore):
         if self._pack_fd >= 0:
             os.close(self._pack_fd)
             self._pack_fd = -1
-            self._db.execute("UPDATE packs SET sealed = 1 WHERE id = ?", (self._pack_id,))
+            with contextlib.suppress(sqlite3.OperationalError):  # a full disk: the next start seals it
+                self._db.execute("UPDATE packs SET sealed = 1 WHERE id = ?", (self._pack_id,))
         for fd in self._read_fds.values():
             os.close(fd)
         self._read_fds.clear()
@@ -573,7 +673,7 @@ class DiskBlobStore(BlobStore):
         self._maybe_flush_atimes(force=True)
         db = self._db
         freed = 0
-        files: list[str] = []
+        files: list[tuple[str, int]] = []
         with self._removal():
             total = db.execute("SELECT v FROM meta WHERE k = 'bytes'").fetchone()[0]
             need = total - target_bytes
@@ -582,44 +682,48 @@ class DiskBlobStore(BlobStore):
                 # fetches enough of the oldest rows for the whole need
                 avg = max(1, total // max(1, db.execute("SELECT count(*) FROM blobs").fetchone()[0]))
                 rows = db.execute(
-                    "SELECT key, size, pack FROM blobs ORDER BY atime LIMIT ?", ((need - freed) // avg + 1000,)
+                    "SELECT key, size, pack, offset FROM blobs ORDER BY atime LIMIT ?",
+                    ((need - freed) // avg + 1000,),
                 ).fetchall()
                 if not rows:
                     break
-                for raw, size, pack in rows:
+                for raw, size, pack, offset in rows:
                     if freed >= need:
                         break
-                    freed += self._delete_row(_unsql(raw), size, pack, files)
+                    freed += self._delete_row(_unsql(raw), size, pack, offset, files)
             db.execute("UPDATE meta SET v = v - ? WHERE k = 'bytes'", (freed,))
         self._unlink_files(files)
         self._delete_dead_packs()
         self._compact()
         return freed
 
-    def _delete_row(self, key: str, size: int, pack: int, files: list[str]) -> int:
+    def _delete_row(self, key: str, size: int, pack: int, offset: int, files: list[tuple[str, int]]) -> int:
+        """Delete one row (in a removal transaction); its file, if any, goes in `files` to be
+        unlinked once the transaction has ended: by generation, so never another publish's copy."""
         self._db.execute("DELETE FROM blobs WHERE key = ?", (_sql(key),))
         self._locations.pop(key, None)
         if pack == _FILE:
-            files.append(key)
+            files.append((key, offset))
         else:
             self._db.execute("UPDATE packs SET live = live - ? WHERE id = ?", (size, pack))
         return size
 
     def _remove_rows(self, keys: list[str]) -> None:
         db = self._db
-        files: list[str] = []
+        files: list[tuple[str, int]] = []
         freed = 0
         with self._removal():
-            for key, size, pack, _ in list(self._query(keys)):
-                freed += self._delete_row(key, size, pack, files)
+            for key, size, pack, offset in list(self._query(keys)):
+                freed += self._delete_row(key, size, pack, offset, files)
             db.execute("UPDATE meta SET v = v - ? WHERE k = 'bytes'", (freed,))
         self._unlink_files(files)
         self._delete_dead_packs()
 
-    def _unlink_files(self, keys: list[str]) -> None:
-        for key in keys:
+    def _unlink_files(self, files: list[tuple[str, int]]) -> None:
+        """Unlink the files of deleted rows, (key, generation) each."""
+        for key, gen in files:
             try:
-                os.unlink(self._file_path(key))
+                os.unlink(self._file_path(key, gen))
             except FileNotFoundError:
                 pass
 
@@ -655,7 +759,14 @@ class DiskBlobStore(BlobStore):
             if self._pack_fd < 0 or self._pack_size + total > self.pack_file_bytes:
                 self._new_pack()
             base = self._pack_size
-            os.pwrite(self._pack_fd, b"".join(data for _, data in moved), base)
+            try:
+                _pwrite_all(self._pack_fd, b"".join(data for _, data in moved), base)
+                # always, fsync or not: the old pack (long on disk) goes once the rows name the
+                # new one, and a power cut must not leave them naming bytes never written
+                os.fdatasync(self._pack_fd)
+            except OSError as e:
+                log.warning("disk store %s: compaction of pack %d stopped: %s", self.root, pack_id, e)
+                return
             self._pack_size += total
             with self._removal():
                 offset = base
@@ -672,10 +783,123 @@ class DiskBlobStore(BlobStore):
         if sparse:
             self._delete_dead_packs()
 
+    # ---- fsck ---------------------------------------------------------------
+
+    def fsck(self, progress: Callable[[int, int], None] | None = None,
+             orphan_age: float = ORPHAN_AGE) -> FsckReport:
+        """Re-hash every indexed blob, drop the rows whose bytes are missing or wrong, remove
+        files under blobs/ that no row names (older than `orphan_age` seconds: younger ones may
+        be publishes in progress, renamed but not yet indexed), and recount the byte totals.
+
+        Safe while server processes use the store: every drop is conditional on the row still
+        naming what was checked. `progress(bytes_checked, bytes_total)` is called every
+        PROGRESS_BYTES or so and at the end.
+        """
+        self._maybe_flush_atimes(force=True)
+        report = FsckReport()
+        total = self.stored_bytes
+        checked = 0
+        last_report = 0
+        after = b""
+        while True:
+            rows = self._db.execute(
+                "SELECT key, size, pack, offset FROM blobs WHERE key > ? ORDER BY key LIMIT 1000", (after,)
+            ).fetchall()
+            if not rows:
+                break
+            after = rows[-1][0]
+            for raw, size, pack, offset in rows:
+                d = digest_of_key(_unsql(raw), size)
+                report.blobs += 1
+                if not self._hash_ok(d, (size, pack, offset)):
+                    now = next(iter(self._query([d.key])), None)
+                    loc = None if now is None else now[1:]
+                    if loc is not None and loc != (size, pack, offset) and self._hash_ok(d, loc):
+                        pass  # moved meanwhile; fine where it is now
+                    elif loc is not None and self._drop_broken(d, loc, warn=False):  # fsck counts them
+                        report.dropped += 1
+                checked += size
+                if progress is not None and checked - last_report >= PROGRESS_BYTES:
+                    last_report = checked
+                    progress(checked, max(total, checked))
+        report.orphans = self._remove_orphans(orphan_age)
+        self._recount()
+        if progress is not None:
+            progress(checked, max(total, checked))
+        return report
+
+    def _hash_ok(self, d: BlobDigest, loc: tuple[int, int, int]) -> bool:
+        """The bytes at `loc` hash to `d` (streamed: a large file is never in memory whole)."""
+        size, pack, offset = loc
+        h = dg.new_hasher(d.function)
+        try:
+            if pack == _FILE:
+                fd = os.open(self._file_path(d.key, offset), os.O_RDONLY)
+            else:
+                fd = os.open(self._pack_path(pack), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            start = 0 if pack == _FILE else offset
+            pos = 0
+            while pos < size:
+                chunk = os.pread(fd, min(READ_CHUNK, size - pos), start + pos)
+                if not chunk:
+                    return False
+                h.update(chunk)
+                pos += len(chunk)
+            if pack == _FILE and os.fstat(fd).st_size != size:
+                return False
+        finally:
+            os.close(fd)
+        return h.hexdigest() == d.hash
+
+    def _remove_orphans(self, min_age: float) -> int:
+        """Files under blobs/ no row names: left by a crash between a publish's rename and its
+        index row, or by an older eviction race."""
+        removed = 0
+        old = time.time() - min_age
+        for sub in os.scandir(self.root / "blobs"):
+            if not sub.is_dir():
+                continue
+            for entry in os.scandir(sub.path):
+                key, _, gen_hex = entry.name.partition(".")
+                try:
+                    gen = int(gen_hex, 16) if gen_hex else 0
+                    raw = _sql(key)
+                except ValueError:
+                    continue  # not a blob file
+                if not raw:
+                    continue
+                row = self._db.execute("SELECT pack, offset FROM blobs WHERE key = ?", (raw,)).fetchone()
+                if row is not None and row[0] == _FILE and row[1] == gen:
+                    continue
+                try:
+                    if entry.stat().st_mtime > old:
+                        continue
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    def _recount(self) -> None:
+        """Byte totals from the rows themselves (a crash between statements cannot skew them, but
+        a store repaired by hand can)."""
+        with self._transaction():
+            self._db.execute("UPDATE meta SET v = (SELECT coalesce(sum(size), 0) FROM blobs) WHERE k = 'bytes'")
+            self._db.execute(
+                "UPDATE packs SET live = (SELECT coalesce(sum(size), 0) FROM blobs WHERE pack = packs.id)"
+            )
+        self._delete_dead_packs()
+
     # ---- paths and descriptors ---------------------------------------------
 
-    def _file_path(self, key: str) -> Path:
-        return self.root / "blobs" / key[-2:] / key
+    def _file_path(self, key: str, gen: int) -> Path:
+        """A large blob's file: generation 0 is the name of stores written before generations."""
+        if gen == 0:
+            return self.root / "blobs" / key[-2:] / key
+        return self.root / "blobs" / key[-2:] / f"{key}.{gen:x}"
 
     def _pack_path(self, pack_id: int) -> Path:
         return self.root / "packs" / f"{pack_id}.pack"
@@ -776,7 +1000,10 @@ class _DiskWriter(BlobWriter):
     def _open(self) -> None:
         self._store._check_room(self._digest.size)
         self._tmp = self._store._tmp_path()
-        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as e:
+            raise disk_error(e, self._digest) from e
 
     async def write(self, chunk: bytes) -> None:
         if self._fd >= 0:
@@ -786,7 +1013,7 @@ class _DiskWriter(BlobWriter):
                 self._writing = asyncio.get_running_loop().run_in_executor(
                     _WRITING, _write_all, self._fd, chunk)
             else:
-                _write_all(self._fd, chunk)
+                self._write(chunk)
             return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
@@ -794,16 +1021,26 @@ class _DiskWriter(BlobWriter):
             self._open()
             self._spill()
 
+    def _write(self, chunk: bytes) -> None:
+        try:
+            _write_all(self._fd, chunk)
+        except OSError as e:
+            raise disk_error(e, self._digest) from e
+
     async def _written(self) -> None:
         """Wait for the chunk a thread is writing (its error, e.g. ENOSPC, is raised here)."""
         pending = self._writing
         if pending is not None:
-            await asyncio.shield(pending)  # cancelled here, the next call still waits for it
+            try:
+                await asyncio.shield(pending)  # cancelled here, the next call still waits for it
+            except OSError as e:
+                self._writing = None
+                raise disk_error(e, self._digest) from e
             self._writing = None
 
     def _spill(self) -> None:
         for c in self._chunks:
-            _write_all(self._fd, c)
+            self._write(c)
         self._chunks = []
 
     def park(self) -> None:
@@ -827,7 +1064,10 @@ class _DiskWriter(BlobWriter):
             return
         await self._written()
         if store.fsync:
-            os.fdatasync(self._fd)
+            try:
+                os.fdatasync(self._fd)
+            except OSError as e:
+                raise disk_error(e, self._digest) from e
         os.close(self._fd)
         self._fd = -1
         if await store.has(self._digest):
@@ -848,6 +1088,52 @@ class _DiskWriter(BlobWriter):
                 pass
 
 
+def _new_generation() -> int:
+    """A random, non-zero 62-bit number naming one publish of a large blob."""
+    return (int.from_bytes(os.urandom(8), "big") >> 2) or 1
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def disk_error(e: OSError, d: BlobDigest) -> Exception:
+    """A full disk (or quota) is RESOURCE_EXHAUSTED for the client; other errors stay as they are."""
+    if e.errno in _FULL:
+        return ResourceExhausted(f"no room on disk for blob {d}: {e.strerror}")
+    return e
+
+
+@contextlib.contextmanager
+def _index_full() -> Iterator[None]:
+    """SQLite's "database or disk is full" is a full disk too."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        if "full" in str(e):
+            raise ResourceExhausted(f"the disk store's index cannot grow: {e}") from e
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the directory's entries (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """pwrite may write less than asked (a signal, a nearly full file system): finish, or raise."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "short write")
+        view = view[n:]
+        offset += n
+
+
 def _write_all(fd: int, data: bytes) -> None:
     n = os.write(fd, data)
     if n < len(data):  # rare for regular files (e.g. a signal): finish without re-copying
@@ -865,7 +1151,9 @@ async def _iter_bytes(data: bytes, offset: int, end: int) -> AsyncIterator[bytes
         yield bytes(view[start : min(end, start + READ_CHUNK)])
 
 
-async def _iter_file(fd: int, offset: int, end: int) -> AsyncIterator[bytes]:
+async def _iter_file(
+    fd: int, offset: int, end: int, broken: Callable[[], object], d: BlobDigest
+) -> AsyncIterator[bytes]:
     """1 MiB chunks through the page cache: `os.pread` reads straight into each new bytes
     object, the one copy the response needs (it takes bytes, not views).
 
@@ -876,8 +1164,9 @@ async def _iter_file(fd: int, offset: int, end: int) -> AsyncIterator[bytes]:
         pos = offset
         while pos < end:
             chunk = os.pread(fd, min(READ_CHUNK, end - pos), pos)
-            if not chunk:
-                break
+            if not chunk:  # truncated since it was opened: fail the read, drop the blob
+                broken()
+                raise BlobNotFound(d)
             pos += len(chunk)
             yield chunk
     finally:

@@ -2,7 +2,11 @@
 
 A streamed write goes to a temporary key that expires on its own if the
 writer dies, and is renamed to the blob's key only on commit, so no partial
-blob is ever readable. Batches use pipelines (STRLEN/MGET/SET in bulk).
+blob is ever readable. Should the temporary key expire (or be evicted) while
+the write goes on, an APPEND would start a new, shorter value: every APPEND's
+returned length is checked against what was sent, and the commit is a script
+that renames only a value of exactly the blob's size, so such a write fails
+(UNAVAILABLE; the client retries) instead of committing a truncated blob. Batches use pipelines (STRLEN/MGET/SET in bulk).
 Redis strings are capped at 512 MiB; `max_blob_size` (default 64 MiB) makes
 larger blobs fail fast with RESOURCE_EXHAUSTED, so put a `sizesplit` or
 `tiered` store in front to route them elsewhere.
@@ -18,13 +22,25 @@ import redis.asyncio as aioredis
 
 from granary.cas.blobstore import READ_CHUNK, BlobInfo, BlobStore, BlobWriter
 from granary.cas.disk import digest_of_key
+from granary.cas.verify import keep_verified, verified_read
 from granary.digest import BlobDigest
-from granary.errors import BlobNotFound, ResourceExhausted
+from granary.errors import BlobNotFound, ResourceExhausted, Unavailable
 from granary.redis_client import LazyRedis
 
 _PIPELINE_CHUNK = 5000
 _TMP = "~tmp:"
 _TMP_TTL = 3600  # seconds an abandoned streamed write survives
+# rename the temporary key into place only if it holds exactly the blob (KEYS: tmp, final;
+# ARGV: size, ttl or 0); a shorter value (the key expired and APPEND began anew) is deleted
+_COMMIT = """
+if redis.call('STRLEN', KEYS[1]) ~= tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('RENAME', KEYS[1], KEYS[2])
+if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[2], ARGV[2]) else redis.call('PERSIST', KEYS[2]) end
+return 1
+"""
 
 
 class RedisBlobStore(BlobStore):
@@ -80,7 +96,7 @@ class RedisBlobStore(BlobStore):
             for d, v in zip(part, values):
                 if v is not None and len(v) == d.size:
                     out[d] = v
-        return out
+        return keep_verified(self.name, out)
 
     async def put_many(self, blobs: Sequence[tuple[BlobDigest, bytes]]) -> None:
         for d, _ in blobs:
@@ -103,6 +119,11 @@ class RedisBlobStore(BlobStore):
                 await self.redis.delete(*[self._key(d) for d in part])
 
     async def read(self, digest: BlobDigest, offset: int = 0, limit: int = 0) -> AsyncIterator[bytes]:
+        """Verified before the first byte (granary.cas.verify)."""
+        return await verified_read(self.name, self.read_unverified, digest, offset, limit)
+
+    async def read_unverified(self, digest: BlobDigest, offset: int = 0, limit: int = 0) -> AsyncIterator[bytes]:
+        """The stored bytes as they are (for a caller that verifies them itself)."""
         key = self._key(digest)
         if not digest.size or await self.redis.strlen(key) != digest.size:
             raise BlobNotFound(digest)
@@ -165,6 +186,7 @@ class _RedisWriter(BlobWriter):
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._started = False
+        self._sent = 0  # bytes the temporary key must hold
 
     async def write(self, chunk: bytes) -> None:
         self._buffer.append(chunk)
@@ -178,11 +200,21 @@ class _RedisWriter(BlobWriter):
         data = b"".join(self._buffer)
         self._buffer, self._buffered = [], 0
         r = self._store.redis
+        self._sent += len(data)
         if self._started:
-            await r.append(self._tmp, data)
+            length = await r.append(self._tmp, data)
+            if length != self._sent:
+                await r.delete(self._tmp)
+                raise self._lost()
         else:
             await r.set(self._tmp, data, ex=_TMP_TTL)
             self._started = True
+
+    def _lost(self) -> Unavailable:
+        return Unavailable(
+            f"redis lost the temporary key of the upload of {self._digest} (expired after {_TMP_TTL} s,"
+            " or evicted); upload it again"
+        )
 
     async def commit(self) -> None:
         store = self._store
@@ -192,13 +224,12 @@ class _RedisWriter(BlobWriter):
             await store.put_many([(self._digest, data)])
             return
         await self._flush()
-        pipe = store.redis.pipeline(transaction=True)
-        pipe.rename(self._tmp, store._key(self._digest))
-        if store.ttl:
-            pipe.expire(store._key(self._digest), store.ttl)
-        else:
-            pipe.persist(store._key(self._digest))
-        await pipe.execute()
+        done = await store.redis.eval(
+            _COMMIT, 2, self._tmp, store._key(self._digest), self._digest.size, store.ttl or 0
+        )
+        self._started = False
+        if not done:
+            raise self._lost()
 
     async def abort(self) -> None:
         self._buffer = []

@@ -23,6 +23,7 @@ from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2_
 from granary._proto.google.bytestream import bytestream_pb2 as bs_pb2
 from granary._proto.google.bytestream import bytestream_pb2_grpc as bs_grpc
 from granary.cas.blobstore import READ_CHUNK, BlobStore, BlobWriter
+from granary.cas.verify import keep_verified, verified_read
 from granary.digest import BlobDigest
 from granary.errors import BlobNotFound
 from granary.remote_endpoint import RemoteEndpoint, error_for, rpc_error
@@ -135,7 +136,7 @@ class RemoteBlobStore(BlobStore):
         )
         for r in results:
             out.update(r)
-        return out
+        return keep_verified(self.name, out)
 
     async def _batch_read(self, batch: list[BlobDigest]) -> dict[BlobDigest, bytes]:
         cas, _ = self._stubs()
@@ -164,7 +165,7 @@ class RemoteBlobStore(BlobStore):
 
     async def _read_whole(self, d: BlobDigest) -> dict[BlobDigest, bytes]:
         try:
-            chunks = [c async for c in await self.read(d)]
+            chunks = [c async for c in await self.read_unverified(d)]
         except BlobNotFound:
             return {}
         return {d: b"".join(chunks)}
@@ -212,6 +213,11 @@ class RemoteBlobStore(BlobStore):
     # ---- ByteStream -----------------------------------------------------------
 
     async def read(self, digest: BlobDigest, offset: int = 0, limit: int = 0) -> AsyncIterator[bytes]:
+        """Verified before the first byte (granary.cas.verify): a ranged read fetches the whole blob."""
+        return await verified_read(self.name, self.read_unverified, digest, offset, limit)
+
+    async def read_unverified(self, digest: BlobDigest, offset: int = 0, limit: int = 0) -> AsyncIterator[bytes]:
+        """The remote's bytes as they come (for a caller that verifies them itself)."""
         _, bs = self._stubs()
         call = bs.Read(
             bs_pb2.ReadRequest(resource_name=self._resource(resource_tail(digest)), read_offset=offset,

@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from granary.cas.blobstore import READ_CHUNK, BlobInfo, BlobStore, BlobWriter
 from granary.cas.disk import digest_of_key
+from granary.cas.verify import keep_verified, verified_read
 from granary.digest import BlobDigest
 from granary.errors import BlobNotFound, Unavailable
 from granary.s3_client import S3Connection, is_not_found
@@ -80,7 +81,7 @@ class S3BlobStore(BlobStore):
 
     async def get_many(self, digests: Sequence[BlobDigest]) -> dict[BlobDigest, bytes]:
         values = await asyncio.gather(*(self._bounded(lambda d=d: self._get(d)) for d in digests))
-        return {d: v for d, v in zip(digests, values) if v is not None}
+        return keep_verified(self.name, {d: v for d, v in zip(digests, values) if v is not None})
 
     async def _put(self, d: BlobDigest, data: bytes) -> None:
         s3 = await self.conn.client()
@@ -100,6 +101,11 @@ class S3BlobStore(BlobStore):
                 await s3.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
 
     async def read(self, digest: BlobDigest, offset: int = 0, limit: int = 0) -> AsyncIterator[bytes]:
+        """Verified before the first byte (granary.cas.verify): a ranged read fetches the whole object."""
+        return await verified_read(self.name, self.read_unverified, digest, offset, limit)
+
+    async def read_unverified(self, digest: BlobDigest, offset: int = 0, limit: int = 0) -> AsyncIterator[bytes]:
+        """The stored bytes as they are (for a caller that verifies them itself)."""
         end = digest.size if limit <= 0 else min(digest.size, offset + limit)
         if not digest.size:
             raise BlobNotFound(digest)

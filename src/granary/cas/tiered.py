@@ -7,15 +7,24 @@ fallback only about what the cache lacks.
 
 With `defer_fallback_writes` a write returns once the cache has the blob and
 a bounded background queue (`FallbackQueue`) copies it to the fallback.
+
+Bytes from a fallback Granary does not own (Redis, S3, a remote) are verified
+before they are served or cached (granary.cas.verify). A streamed read-through
+from such a fallback goes into the cache's writer while it is hashed, is
+committed only if it matched, and is then served from the cache: the cache is
+the spool, so no byte of a mismatching blob reaches a client or the cache.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
+from granary import digest as dg
 from granary.cas.blobstore import BlobInfo, BlobStore, BlobWriter
 from granary.cas.fallback_queue import FallbackQueue
+from granary.cas.verify import mismatch
 from granary.digest import BlobDigest
 from granary.errors import BlobNotFound, GranaryError, ResourceExhausted
 
@@ -34,6 +43,7 @@ class TieredBlobStore(BlobStore):
         queue_max_blobs: int = 100_000,
         queue_max_bytes: int = 256 << 20,
         queue_workers: int = 4,
+        queue_journal: Path | None = None,
     ):
         self.cache = cache
         self.fallback = fallback
@@ -42,7 +52,8 @@ class TieredBlobStore(BlobStore):
         self.queue: FallbackQueue | None = None
         if defer_fallback_writes:
             self.queue = FallbackQueue(
-                cache, fallback, max_blobs=queue_max_blobs, max_bytes=queue_max_bytes, workers=queue_workers
+                cache, fallback, max_blobs=queue_max_blobs, max_bytes=queue_max_bytes, workers=queue_workers,
+                journal=queue_journal,
             )
 
     @property
@@ -122,6 +133,18 @@ class TieredBlobStore(BlobStore):
             return await self.cache.read(digest, offset, limit)
         except BlobNotFound:
             pass
+        raw = getattr(self.fallback, "read_unverified", None)
+        if raw is not None and digest.size:
+            try:
+                writer = await self.cache.open_writer(digest)
+            except ResourceExhausted:
+                writer = None
+            if writer is not None and await self._fill_verified(digest, raw, writer):
+                try:
+                    return await self.cache.read(digest, offset, limit)
+                except BlobNotFound:
+                    pass  # gone again at once (a tiny cache): the fallback verifies on its own
+            return await self.fallback.read(digest, offset, limit)
         source = await self.fallback.read(digest, offset, limit)
         if offset or (limit and limit < digest.size):
             return source
@@ -130,6 +153,34 @@ class TieredBlobStore(BlobStore):
         except ResourceExhausted:
             return source
         return _tee(source, writer)
+
+    async def _fill_verified(self, digest: BlobDigest, raw, writer: BlobWriter) -> bool:
+        """Copy the fallback's bytes into the cache, hashing; commit only if they match.
+
+        False: the cache could not take it (read from the fallback instead). A mismatch raises
+        BlobNotFound (logged once)."""
+        h = dg.new_hasher(digest.function)
+        n = 0
+        try:
+            async for chunk in await raw(digest):
+                h.update(chunk)
+                n += len(chunk)
+                await writer.write(chunk)
+        except ResourceExhausted:
+            await writer.abort()
+            return False
+        except BaseException:
+            await writer.abort()
+            raise
+        if n != digest.size or h.hexdigest() != digest.hash:
+            await writer.abort()
+            mismatch(self.fallback.name, digest)
+            raise BlobNotFound(digest)
+        try:
+            await writer.commit()
+        except ResourceExhausted:
+            return False
+        return True
 
     async def open_writer(self, digest: BlobDigest) -> BlobWriter:
         writers: list[BlobWriter] = []
