@@ -66,7 +66,6 @@ class BotSessions:
         self._touched: dict[str, tuple[tuple, float]] = {}
         self._touch_every = min(TOUCH_EVERY, cfg.bot_timeout / 4)
         self.logstreams: LogStreams | None = None  # set by the farm when execution.logstream is on
-        self._stream_failure_logged = False
 
     async def create(
         self, parent: str, session: bots_pb2.BotSession, time_remaining: float | None
@@ -122,11 +121,11 @@ class BotSessions:
                 free = concurrency - len(out)
                 if accepting and free > 0:
                     now = time.time()
+                    streams = (self.logstreams.attach if self.logstreams is not None
+                               and leases.streams_live_output(session) else None)
                     fresh = await self.queue.run(
-                        self.queue.assign, name, session.bot_id or name, queue, caps, free, now, concurrency
+                        self.queue.assign, name, session.bot_id or name, queue, caps, free, now, concurrency, streams
                     )
-                    if fresh and self.logstreams is not None and leases.streams_live_output(session):
-                        await self._attach_streams(fresh, name, now)
                     for job in fresh:
                         out.append(self._offer(job))
                     if fresh:
@@ -173,23 +172,6 @@ class BotSessions:
         action.ParseFromString(job["action"])
         return leases.make_lease(job["name"], action, stdout_stream=job.get("stdout_stream") or "",
                                  stderr_stream=job.get("stderr_stream") or "")
-
-    async def _attach_streams(self, fresh: list[dict[str, Any]], bot_name: str, now: float) -> None:
-        """Live output streams for jobs just offered to a bot that streams; the jobs run without them
-        if that fails (the output still reaches the CAS), which is logged once per process."""
-        assert self.logstreams is not None
-        try:
-            made = await self.queue.run(
-                self.logstreams.attach_to_jobs, [(j["name"], j["instance"]) for j in fresh], bot_name, now)
-        except Exception as e:  # noqa: BLE001 - streaming is a convenience; the job must still run
-            if not self._stream_failure_logged:
-                self._stream_failure_logged = True
-                log.warning("cannot make live output streams (%s: %s); actions run without them", type(e).__name__, e)
-            return
-        for job in fresh:
-            names = made.get(job["name"])
-            if names is not None:
-                job["stdout_stream"], job["stderr_stream"] = names
 
     async def _reconcile(
         self, name: str, reported: dict[str, bots_pb2.Lease]

@@ -30,6 +30,7 @@ from granary.execution import leases, opfilter
 from granary.execution.operations import COMPLETED, EXECUTING, QUEUED, cancelled_response, error_response
 from granary.execution.platform import Capabilities, from_key, unsatisfied_reason
 from granary.execution.schema import add_missing_columns, bots, jobs, metadata, operations
+from granary.resource_names import parse_logstream
 from granary.sqlite_wal import enable_wal
 
 log = logging.getLogger("granary.execution.queue")
@@ -451,12 +452,14 @@ class JobQueue:
 
     def assign(
         self, bot_name: str, worker: str, queue: str, caps: Capabilities, n: int, now: float,
-        limit: int | None = None,
+        limit: int | None = None, also: Callable[[Any, list[dict[str, Any]], float], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Give up to n queued jobs this bot can run, most urgent (then oldest) first.
 
         With `limit`, the session never holds more than `limit` unfinished jobs, counted
         in the same transaction (several calls for one session at once cannot exceed it).
+        `also(cursor, rows, now)` runs in the same transaction on the jobs given (the live output
+        streams of a bot that streams: no second write transaction per assignment).
         """
         if n <= 0:
             return []
@@ -497,6 +500,8 @@ class JobQueue:
                     rows += self._rows(cur, f"SELECT {_JOB_SELECT} FROM granary_jobs WHERE name = :n AND bot_name = :b",
                                        {"n": name, "b": bot_name})
             rows.sort(key=lambda r: (r["priority"], r["queued_time"]))
+            if also is not None and rows:
+                also(cur, rows, now)
             self._raw_notify(cur)
             return rows
 
@@ -559,8 +564,22 @@ class JobQueue:
                  "b": bot_name},
             )
             if n:
+                self._finish_streams(cur, job_name, now)
                 self._raw_notify(cur)
             return bool(n)
+
+    def _finish_streams(self, cur: Any, job_name: str, now: float) -> None:
+        """End the live output streams of a job that completed, in its completing transaction: a
+        worker sends nothing for an action that printed nothing, and their readers stop here."""
+        found = self._rows(cur, "SELECT stdout_stream, stderr_stream FROM granary_jobs WHERE name = :n", {"n": job_name})
+        ids = []
+        for write_name in (found[0]["stdout_stream"], found[0]["stderr_stream"]) if found else ():
+            res = parse_logstream(write_name) if write_name else None
+            if res is not None:
+                ids.append(res.stream_id)
+        for stream_id in ids:
+            self._exec(cur, "UPDATE granary_logstreams SET finished_time = :now, updated_time = :now"
+                            " WHERE name = :s AND finished_time IS NULL", {"now": now, "s": stream_id})
 
     def release(self, job_name: str, bot_name: str) -> None:
         """The bot let go of a lease that was cancelled or is already finished."""

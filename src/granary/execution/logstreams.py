@@ -135,29 +135,21 @@ class LogStreams:
         write_name = await self.queue.run(self.create_sync, instance, time.time())
         return stream_read_name(write_name), write_name
 
-    def attach_to_jobs(self, jobs: list[tuple[str, str]], bot_name: str, now: float) -> dict[str, tuple[str, str]]:
-        """Make the stdout and stderr streams of jobs (name, instance) just offered to `bot_name`, in
-        one transaction, and record them on the jobs; -> job -> (stdout, stderr) write names, for the
-        jobs the bot still holds. Streams of an earlier run of a job (it was re-queued) are finished."""
-        out: dict[str, tuple[str, str]] = {}
-        with self._cursor(write=True) as cur:
-            for job_name, instance in jobs:
-                found = self._rows(
-                    cur, "SELECT stdout_stream, stderr_stream FROM granary_jobs WHERE name = :n AND bot_name = :b"
-                         f" AND stage != :done{self._lock}", {"n": job_name, "b": bot_name, "done": COMPLETED})
-                if not found:
-                    continue
-                for old in (found[0]["stdout_stream"], found[0]["stderr_stream"]):
-                    res = parse_logstream(old) if old else None
-                    if res is not None:
-                        self._exec(cur, "UPDATE granary_logstreams SET finished_time = :now"
-                                        " WHERE name = :n AND finished_time IS NULL", {"now": now, "n": res.stream_id})
-                names = (self._insert(cur, instance, job_name, now), self._insert(cur, instance, job_name, now))
-                self._exec(cur, "UPDATE granary_jobs SET stdout_stream = :o, stderr_stream = :e"
-                                " WHERE name = :n AND bot_name = :b",
-                           {"o": names[0], "e": names[1], "n": job_name, "b": bot_name})
-                out[job_name] = names
-        return out
+    def attach(self, cur: Any, rows: list[dict[str, Any]], now: float) -> None:
+        """Make the stdout and stderr streams of jobs just offered to a bot that streams, inside the
+        transaction that offers them (JobQueue.assign's `also`), record them on the jobs and in
+        `rows`. Streams of an earlier run of a job (it was re-queued) are finished."""
+        for row in rows:
+            for old in (row.get("stdout_stream"), row.get("stderr_stream")):
+                res = parse_logstream(old) if old else None
+                if res is not None:
+                    self._exec(cur, "UPDATE granary_logstreams SET finished_time = :now"
+                                    " WHERE name = :n AND finished_time IS NULL", {"now": now, "n": res.stream_id})
+            names = (self._insert(cur, row["instance"], row["name"], now),
+                     self._insert(cur, row["instance"], row["name"], now))
+            self._exec(cur, "UPDATE granary_jobs SET stdout_stream = :o, stderr_stream = :e WHERE name = :n",
+                       {"o": names[0], "e": names[1], "n": row["name"]})
+            row["stdout_stream"], row["stderr_stream"] = names
 
     # ---- writing ------------------------------------------------------------
 

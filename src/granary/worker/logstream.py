@@ -3,9 +3,10 @@
 A lease may carry write resource names for the action's two outputs (execution/leases.py). The
 action writes its output to files in its work directory as before (process.py: the sandboxed
 process holds them open; the worker only reads them). One thread per output looks at its file
-every FLUSH_EVERY seconds and sends what is new through one ByteStream Write call, at most
-MAX_REQUEST bytes per request, and sends finish_write once the process has ended and the file is
-read to its end.
+every FLUSH_EVERY seconds and, once there is something in it, sends what is new through one
+ByteStream Write call, at most MAX_REQUEST bytes per request, and finish_write once the process
+has ended and the file is read to its end. An output that stays empty costs no call: the server
+finishes the streams of a job when its result arrives.
 
 Streaming is a convenience for people watching: a failure (the stream passed its size bound,
 the server refused or went away) is logged once and that output is no longer streamed. The
@@ -57,7 +58,20 @@ class OutputStream:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def _has_output(self) -> bool:
+        try:
+            return self.path.stat().st_size > 0
+        except OSError:
+            return False
+
     def _run(self) -> None:
+        # No call before there is something to send: most actions (compilers) print nothing, and the
+        # server finishes their streams when their result arrives (JobQueue.complete).
+        while not self._has_output():
+            if self._ended.wait(FLUSH_EVERY):
+                if not self._has_output():
+                    return
+                break
         try:
             self.stub.Write(self._requests())
         except grpc.RpcError as e:
@@ -92,9 +106,11 @@ class OutputStream:
 
     def _requests(self) -> Iterator[bs_pb2.WriteRequest]:
         f: BinaryIO | None = None
+        first = True  # _run saw bytes already: send them without waiting
         try:
             while True:
-                ended = self._ended.wait(FLUSH_EVERY)
+                ended = self._ended.is_set() if first else self._ended.wait(FLUSH_EVERY)
+                first = False
                 if f is None:
                     try:
                         f = open(self.path, "rb")  # noqa: SIM115 - kept open across the loop
