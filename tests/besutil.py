@@ -115,3 +115,17 @@ def all_events(stub: builds_pb2_grpc.BuildEventsStub, regex: str, page_size: int
         token = page.next_page_token
         if not token:
             return out
+
+
+def publish_build(address: str, invocation_id: str, labels: list[str], failing: str | None = None,
+                  build_id: str = "", metadata: tuple[tuple[str, str], ...] = ()) -> int:
+    """Publish the tool stream of a small `bazel build` (bazel_build) as Bazel does, finished;
+    -> the number of events acknowledged."""
+    events = bazel_build(invocation_id, labels, failing)
+    build = build_id or f"build-{invocation_id}"
+    reqs = [tool_request(build, invocation_id, i + 1, ev) for i, ev in enumerate(events)]
+    reqs.append(tool_request(build, invocation_id, len(reqs) + 1, finish=True))
+    with grpc.insecure_channel(address) as channel:
+        acks = list(publish_stub(channel).PublishBuildToolEventStream(iter(reqs), metadata=metadata, timeout=60))
+    assert [a.sequence_number for a in acks] == list(range(1, len(reqs) + 1))
+    return len(acks)
