@@ -25,6 +25,7 @@ from serverutil import start_granary
 
 from granary._proto.build.bazel.remote.logstream.v1 import remote_logstream_pb2 as ls_pb2
 from granary._proto.build.bazel.remote.logstream.v1 import remote_logstream_pb2_grpc as ls_grpc
+from granary._proto.build_event_stream import build_event_stream_pb2 as bep
 from granary._proto.google.bytestream import bytestream_pb2 as bs_pb2
 from granary._proto.granary.builds.v1 import builds_pb2
 
@@ -54,7 +55,8 @@ def served(tmp_path_factory):
             run(c, f"echo {i}", outputs=(), invocation=f"inv-page-{i}")
         # the builds of some of those invocations, as Bazel's --bes_backend sends them
         publish_build(server.address, "inv-main", ["//app:bin", "//app:lib"], build_id="req-1")
-        publish_build(server.address, "inv-fail", ["//gen:ok", "//gen:broken"], failing="//gen:broken", build_id="req-1")
+        publish_build(server.address, "inv-fail", ["//gen:ok", "//gen:broken"], failing="//gen:broken", build_id="req-1",
+                      tests={"//gen:ok_test": bep.PASSED, "//gen:slow_test": bep.TIMEOUT})
         for i in range(5):
             publish_build(server.address, f"inv-page-{i}", [f"//page:t{i}"])
         yield server, http_url(server), c, {"name": name, "response": response, "action": action, "root": root,
@@ -343,8 +345,11 @@ def test_one_build_in_full_linked_to_its_operations_and_back(served):
     [failure] = d["failures"]
     assert (failure["kind"], failure["label"], failure["what"], failure["exit_code"]) == ("action", "//gen:broken",
                                                                                          "Genrule", 1)
-    assert failure["message"] == "Executing genrule failed: exit 1" and d["tests"] == []
-    assert d["counts"] == {"targets": 2, "tests": 0, "failures": 1} and d["truncated"] is False
+    assert failure["message"] == "Executing genrule failed: exit 1"
+    assert d["tests"] == [{"label": "//gen:ok_test", "status": "PASSED", "runs": 1, "duration": 1.2, "cached": False},
+                          {"label": "//gen:slow_test", "status": "TIMEOUT", "runs": 1, "duration": 1.2, "cached": False}]
+    assert (d["summary"]["tests_passed"], d["summary"]["tests_failed"]) == (1, 1)
+    assert d["counts"] == {"targets": 2, "tests": 2, "failures": 1} and d["truncated"] is False
     # its operations: one on the default instance, listed with the filter the page links to
     ops = d["operations"]
     assert ops["listed"] is True and ops["instances"] == [{"instance": "", "count": 1, "more": False}]

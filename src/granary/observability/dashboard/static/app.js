@@ -385,7 +385,7 @@
         liveSection.hidden = true;  // the result's stdout and stderr are shown below instead
       } else if (streams.stdout || streams.stderr) {
         liveSection.hidden = false;
-        liveNote.textContent = "What the action prints, as it prints it (the page keeps the last 256 KiB of each).";
+        liveNote.textContent = "What the action prints, as it prints it (the page keeps the last 256 K characters of each).";
         for (const which of ["stdout", "stderr"]) {
           if (streams[which] && live[which].name !== streams[which]) follow(live[which], streams[which]);
         }
@@ -595,12 +595,11 @@
       h("label", {}, "Build id ", buildId),
       h("label", {}, "Per page ", size),
       h("button", { type: "submit", id: "builds-apply" }, "Apply"));
-    app.replaceChildren(
-      h("h1", {}, "Builds"), form,
-      h("p", { class: "help" }, "Bazel invocations whose build events were sent here (",
-        h("code", {}, "--bes_backend=grpc://HOST:PORT"), "), most recent first. The build id is Bazel's",
-        " --build_request_id, shared by the invocations of one build request."),
-      out, h("div", { class: "pager" }, prev, pageNo, next));
+    const help = h("p", { class: "help" }, "Bazel invocations whose build events were sent here (",
+      h("code", {}, "--bes_backend=grpc://HOST:PORT"), "), most recent first. The build id is Bazel's",
+      " --build_request_id, shared by the invocations of one build request.");
+    const pager = h("div", { class: "pager" }, prev, pageNo, next);
+    app.replaceChildren(h("h1", {}, "Builds"), form, help, out, pager);
 
     async function load() {
       const q = { build_id: state.build_id, page_size: state.page_size, page_token: state.token };
@@ -613,8 +612,9 @@
       try {
         const data = await api("/api/v1/builds", q);
         if (!data.enabled) {
-          out.replaceChildren(h("p", { class: "muted", id: "builds-off" }, "Build events are off on this server" +
-            " (build_events.enabled: false): no builds are stored."));
+          form.hidden = help.hidden = pager.hidden = true;
+          out.replaceChildren(h("p", { class: "panel muted", id: "builds-off" }, "Build events are off on this server" +
+            " (build_events.enabled: false): no builds are stored, so there are none to show."));
           setStatus("");
           return;
         }
@@ -622,7 +622,8 @@
           h("td", {}, buildLink(b.invocation_id), b.build_id && b.build_id !== b.invocation_id
             ? h("div", { class: "muted mono small" }, "build " + b.build_id) : null),
           h("td", {}, b.command || "–"),
-          h("td", { class: "mono wrap" }, b.patterns.join(" ") || "–"),
+          h("td", { class: "mono" }, b.patterns.length
+            ? b.patterns.flatMap((p) => [h("span", { class: "nowrap" }, p), " "]) : "–"),
           h("td", {}, b.user || "–", b.host ? h("div", { class: "muted" }, b.host) : null),
           h("td", { class: "nowrap" }, when(b.start_time)),
           h("td", { class: "num" }, b.duration !== null ? dur(b.duration) : "–"),
