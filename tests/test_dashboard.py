@@ -12,10 +12,12 @@ import os
 import threading
 import time
 import urllib.parse
+import uuid
 
 import bcrypt
 import grpc
 import pytest
+from bazelutil import copy_workspace, have_bazel
 from besutil import publish_build, query_stub
 from dashutil import CONFIG, basic, client, get_bytes, get_json, run
 from google.longrunning import operations_pb2
@@ -583,3 +585,28 @@ def test_credentials_and_permissions_are_the_grpc_ones(tmp_path):
         assert get_bytes(f"{base}/api/v1/logstream?" + q(name=stream))[0] == 401
         a.close()
         b.close()
+
+
+@pytest.mark.bazel
+@pytest.mark.skipif(not have_bazel(), reason="bazel is not on PATH")
+def test_a_real_bazel_build_is_linked_to_the_operations_it_ran(tmp_path):
+    """Bazel's RequestMetadata tool_invocation_id is its BES invocation id: a build executed remotely
+    and published here lists its operations, and they name it."""
+    with start_granary(tmp_path / "server", CONFIG) as server:
+        base = http_url(server)
+        ws = copy_workspace("bazel_bes", tmp_path)
+        inv = str(uuid.uuid4())
+        ws.build("//gen:hello", "//gen:upper", f"--bes_backend=grpc://{server.address}", f"--invocation_id={inv}",
+                 "--bes_timeout=120s", f"--remote_executor=grpc://{server.address}", "--remote_timeout=60",
+                 "--spawn_strategy=remote", "--genrule_strategy=remote", "--remote_local_fallback=false")
+        status, d, _ = get_json(f"{base}/api/v1/build?" + q(id=inv))
+        assert status == 200 and d["summary"]["result"] == "success", d
+        assert {t["label"] for t in d["targets"]} == {"//gen:hello", "//gen:upper"}
+        assert d["operations"]["instances"] == [{"instance": "", "count": 2, "more": False}]
+        status, page, _ = get_json(f"{base}/api/v1/operations?" + q(filter=d["operations"]["filter"]))
+        ops = page["operations"]
+        assert [(o["tool_name"], o["action_mnemonic"], o["stage"], o["exit_code"]) for o in ops] == [
+            ("bazel", "Genrule", "COMPLETED", 0)] * 2
+        assert {o["invocation_id"] for o in ops} == {inv} and page["invocations"][inv]["result"] == "success"
+        status, op, _ = get_json(f"{base}/api/v1/operation?" + q(name=ops[0]["name"]))
+        assert op["invocation"]["invocation_id"] == inv and op["invocation"]["patterns"] == ["//gen:hello", "//gen:upper"]
