@@ -62,9 +62,11 @@ def lifecycle_request(build_id: str, invocation_id: str, seq: int, kind: str,
     return r
 
 
-def bazel_build(invocation_id: str, labels: list[str], failing: str | None = None) -> list[bep.BuildEvent]:
+def bazel_build(invocation_id: str, labels: list[str], failing: str | None = None,
+                tests: dict[str, int] | None = None) -> list[bep.BuildEvent]:
     """The Bazel events of a small `bazel build`: started, pattern, one configured and completed
-    event per label, a failed action for `failing`, finished and metrics."""
+    event per label, a failed action for `failing`, a test summary per label of `tests` (label ->
+    bep.TestStatus), finished and metrics."""
     out = [bep.BuildEvent(id=bep.BuildEventId(started=bep.BuildEventId.BuildStartedId()),
                           started=bep.BuildStarted(uuid=invocation_id, command="build", start_time_millis=1_700_000_000_000,
                                                    build_tool_version="4.2.3")),
@@ -86,6 +88,10 @@ def bazel_build(invocation_id: str, labels: list[str], failing: str | None = Non
         done = bep.BuildEvent(id=bep.BuildEventId(target_completed=bep.BuildEventId.TargetCompletedId(label=label)),
                               completed=bep.TargetComplete(success=label != failing))
         out.append(done)
+    for label, status in (tests or {}).items():
+        out.append(bep.BuildEvent(id=bep.BuildEventId(test_summary=bep.BuildEventId.TestSummaryId(label=label)),
+                                  test_summary=bep.TestSummary(overall_status=status, total_run_count=1,
+                                                               total_run_duration_millis=1200)))
     out.append(progress("INFO: 4 processes: 1 remote cache hit, 3 internal.\n"))
     code = bep.BuildFinished.ExitCode(name="BUILD_FAILURE", code=1) if failing else \
         bep.BuildFinished.ExitCode(name="SUCCESS", code=0)
@@ -115,3 +121,18 @@ def all_events(stub: builds_pb2_grpc.BuildEventsStub, regex: str, page_size: int
         token = page.next_page_token
         if not token:
             return out
+
+
+def publish_build(address: str, invocation_id: str, labels: list[str], failing: str | None = None,
+                  build_id: str = "", metadata: tuple[tuple[str, str], ...] = (),
+                  tests: dict[str, int] | None = None) -> int:
+    """Publish the tool stream of a small `bazel build` (bazel_build) as Bazel does, finished;
+    -> the number of events acknowledged."""
+    events = bazel_build(invocation_id, labels, failing, tests)
+    build = build_id or f"build-{invocation_id}"
+    reqs = [tool_request(build, invocation_id, i + 1, ev) for i, ev in enumerate(events)]
+    reqs.append(tool_request(build, invocation_id, len(reqs) + 1, finish=True))
+    with grpc.insecure_channel(address) as channel:
+        acks = list(publish_stub(channel).PublishBuildToolEventStream(iter(reqs), metadata=metadata, timeout=60))
+    assert [a.sequence_number for a in acks] == list(range(1, len(reqs) + 1))
+    return len(acks)

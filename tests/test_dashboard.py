@@ -1,23 +1,38 @@
 """The dashboard's HTTP side against a real `granary serve` whose local workers run real actions: the
 pages and their security headers, the overview's totals and rates, operations listed with the very
 filter, sorting, paging and errors of ListOperations, one operation in full, workers, the CAS browser
-and streamed downloads, hostile input, and the gRPC port's credentials and permissions."""
+and streamed downloads, the builds the Build Event Service stored (as ListInvocations and GetInvocation
+give them) linked to their operations and back, a running action's output read live, hostile input, and
+the gRPC port's credentials and permissions."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 import urllib.parse
+import uuid
 
 import bcrypt
 import grpc
 import pytest
+from bazelutil import copy_workspace, have_bazel
+from besutil import publish_build, query_stub
 from dashutil import CONFIG, basic, client, get_bytes, get_json, run
 from google.longrunning import operations_pb2
 from obsutil import get, http_url
 from reapi import digest
 from serverutil import start_granary
+
+from granary._proto.build.bazel.remote.logstream.v1 import remote_logstream_pb2 as ls_pb2
+from granary._proto.build.bazel.remote.logstream.v1 import remote_logstream_pb2_grpc as ls_grpc
+from granary._proto.build_event_stream import build_event_stream_pb2 as bep
+from granary._proto.google.bytestream import bytestream_pb2 as bs_pb2
+from granary._proto.granary.builds.v1 import builds_pb2
+
+# prints a numbered line to stdout every 0.5 s for 5 s, and one line to stderr (as test_logstream.py)
+TICKER = "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.5; done; echo done >&2"
 
 
 def q(**params: str) -> str:
@@ -40,6 +55,12 @@ def served(tmp_path_factory):
         assert fresponse.result.exit_code == 3
         for i in range(7):  # seven more, for paging
             run(c, f"echo {i}", outputs=(), invocation=f"inv-page-{i}")
+        # the builds of some of those invocations, as Bazel's --bes_backend sends them
+        publish_build(server.address, "inv-main", ["//app:bin", "//app:lib"], build_id="req-1")
+        publish_build(server.address, "inv-fail", ["//gen:ok", "//gen:broken"], failing="//gen:broken", build_id="req-1",
+                      tests={"//gen:ok_test": bep.PASSED, "//gen:slow_test": bep.TIMEOUT})
+        for i in range(5):
+            publish_build(server.address, f"inv-page-{i}", [f"//page:t{i}"])
         yield server, http_url(server), c, {"name": name, "response": response, "action": action, "root": root,
                                             "failed": failed}
         c.close()
@@ -51,7 +72,8 @@ def test_pages_are_one_shell_with_security_headers(served):
     _, base, _, _ = served
     status, body, headers = get_bytes(f"{base}/", {})
     assert status == 200 and b'<script src="/ui/static/app.js">' in body  # followed the redirect to /ui/
-    for page in ("/ui/", "/ui/operations", "/ui/operation?name=x", "/ui/workers", "/ui/cas"):
+    for page in ("/ui/", "/ui/operations", "/ui/operation?name=x", "/ui/workers", "/ui/cas", "/ui/builds",
+                 "/ui/build?id=x"):
         status, body, headers = get_bytes(base + page)
         assert status == 200, page
         assert headers["Content-Type"].startswith("text/html")
@@ -272,6 +294,208 @@ def test_bad_digests_are_named(served, params, status, says):
         assert headers["Content-Type"].startswith("application/json")
 
 
+def test_builds_list_is_listinvocations(served):
+    server, base, _, _ = served
+    status, page, headers = get_json(f"{base}/api/v1/builds")
+    assert status == 200 and page["enabled"] is True, page
+    assert "Content-Security-Policy" in headers
+    builds = page["invocations"]
+    assert [b["invocation_id"] for b in builds] == [f"inv-page-{i}" for i in range(4, -1, -1)] + ["inv-fail", "inv-main"]
+    main = builds[-1]
+    assert main["command"] == "build" and main["patterns"] == ["//app:bin", "//app:lib"]
+    assert main["user"] == "alice" and main["host"] == "ci-1" and main["tool_version"] == "4.2.3"
+    assert main["result"] == "success" and main["exit_code"] == 0 and main["build_id"] == "req-1"
+    assert main["start_time"] == 1_700_000_000 and main["duration"] == 2.5
+    assert (main["actions_executed"], main["actions_created"], main["cache_hits"], main["processes"]) == (3, 7, 1, 4)
+    assert main["operations_filter"] == "invocation_id = inv-main & sort_order = queued_time"
+    fail = builds[-2]
+    assert fail["result"] == "failed" and fail["exit_code_name"] == "BUILD_FAILURE" and fail["targets_failed"] == 1
+    assert fail["first_failure"].startswith("//gen:broken: Genrule exited 1")
+    # paged as ListInvocations pages, token for token
+    ids, token, grpc_ids, grpc_token = [], "", [], ""
+    with grpc.insecure_channel(server.address) as ch:
+        while True:
+            status, page, _ = get_json(f"{base}/api/v1/builds?" + q(page_size="3", page_token=token))
+            assert status == 200, page
+            reply = query_stub(ch).ListInvocations(builds_pb2.ListInvocationsRequest(page_size=3, page_token=grpc_token))
+            ids += [b["invocation_id"] for b in page["invocations"]]
+            grpc_ids += [s.invocation_id for s in reply.invocations]
+            assert page["next_page_token"] == reply.next_page_token
+            token = grpc_token = page["next_page_token"]
+            if not token:
+                break
+    assert ids == grpc_ids == [b["invocation_id"] for b in builds]
+    status, same_request, _ = get_json(f"{base}/api/v1/builds?" + q(build_id="req-1"))
+    assert [b["invocation_id"] for b in same_request["invocations"]] == ["inv-fail", "inv-main"]
+    for params, says in (({"page_size": "0"}, "page_size 0 is outside 1..200"),
+                         ({"page_token": "garbage"}, "is not one this server gave out"),
+                         ({"build_id": "b" * 1001}, "build_id is 1001 characters long")):
+        status, body, _ = get_json(f"{base}/api/v1/builds?" + q(**params))
+        assert status == 400 and says in body["error"], body
+
+
+def test_one_build_in_full_linked_to_its_operations_and_back(served):
+    server, base, _, ran = served
+    status, d, _ = get_json(f"{base}/api/v1/build?" + q(id="inv-fail"))
+    assert status == 200, d
+    with grpc.insecure_channel(server.address) as ch:
+        detail = query_stub(ch).GetInvocation(builds_pb2.GetInvocationRequest(invocation_id="inv-fail"))
+    assert d["summary"]["invocation_id"] == "inv-fail" and d["summary"]["result"] == "failed"
+    assert [(t["label"], t["success"], t["kind"]) for t in d["targets"]] == [
+        (t.label, t.success, t.kind) for t in detail.targets] == [("//gen:ok", True, "genrule rule"),
+                                                                  ("//gen:broken", False, "genrule rule")]
+    [failure] = d["failures"]
+    assert (failure["kind"], failure["label"], failure["what"], failure["exit_code"]) == ("action", "//gen:broken",
+                                                                                         "Genrule", 1)
+    assert failure["message"] == "Executing genrule failed: exit 1"
+    assert d["tests"] == [{"label": "//gen:ok_test", "status": "PASSED", "runs": 1, "duration": 1.2, "cached": False},
+                          {"label": "//gen:slow_test", "status": "TIMEOUT", "runs": 1, "duration": 1.2, "cached": False}]
+    assert (d["summary"]["tests_passed"], d["summary"]["tests_failed"]) == (1, 1)
+    assert d["counts"] == {"targets": 2, "tests": 2, "failures": 1} and d["truncated"] is False
+    # its operations: one on the default instance, listed with the filter the page links to
+    ops = d["operations"]
+    assert ops["listed"] is True and ops["instances"] == [{"instance": "", "count": 1, "more": False}]
+    status, listed, _ = get_json(f"{base}/api/v1/operations?" + q(filter=ops["filter"]))
+    assert [o["name"] for o in listed["operations"]] == [ran["failed"]]
+    # and back: the operations list and the operation name their build
+    assert listed["invocations"]["inv-fail"]["result"] == "failed"
+    assert listed["invocations"]["inv-fail"]["patterns"] == ["//gen:ok", "//gen:broken"]
+    status, op, _ = get_json(f"{base}/api/v1/operation?" + q(name=ran["failed"]))
+    assert op["invocation"]["invocation_id"] == "inv-fail" and op["invocation"]["command"] == "build"
+    # an invocation with operations but no build stored, and a build without operations
+    status, unlinked, _ = get_json(f"{base}/api/v1/operations?" + q(filter="invocation_id = inv-page-6"))
+    assert len(unlinked["operations"]) == 1 and unlinked["invocations"] == {}
+    status, op, _ = get_json(f"{base}/api/v1/operation?" + q(name=unlinked["operations"][0]["name"]))
+    assert op["invocation"] is None
+    publish_build(server.address, "inv-no-ops", ["//x:y"])
+    status, d, _ = get_json(f"{base}/api/v1/build?" + q(id="inv-no-ops"))
+    assert status == 200 and d["operations"]["instances"] == []
+    # unknown and missing ids: the gRPC message
+    status, missing, _ = get_json(f"{base}/api/v1/build?" + q(id="no-such-invocation"))
+    with grpc.insecure_channel(server.address) as ch, pytest.raises(grpc.RpcError) as refused:
+        query_stub(ch).GetInvocation(builds_pb2.GetInvocationRequest(invocation_id="no-such-invocation"))
+    assert status == 404 and missing == {"error": refused.value.details(), "code": "NOT_FOUND"}
+    assert get_json(f"{base}/api/v1/build")[0] == 400
+
+
+def _operation_of(base: str, invocation: str, deadline: float) -> dict:
+    """The operation of an invocation once it executes and names its log streams (via the dashboard's API)."""
+    while True:
+        status, page, _ = get_json(f"{base}/api/v1/operations?" + q(filter=f"invocation_id = {invocation}"))
+        assert status == 200, page
+        if page["operations"]:
+            status, d, _ = get_json(f"{base}/api/v1/operation?" + q(name=page["operations"][0]["name"]))
+            if d["operation"]["stage"] == "EXECUTING" and d["streams"]["stdout"]:
+                return d
+            assert d["operation"]["stage"] != "COMPLETED", "the action completed before its streams were seen"
+        assert time.monotonic() < deadline, "no EXECUTING operation naming its streams"
+        time.sleep(0.1)
+
+
+def test_live_log_of_a_running_action(served):
+    _, base, c, _ = served
+    finished: dict = {}
+    runner = threading.Thread(target=lambda: finished.update(
+        zip(("name", "response"), run(c, TICKER, outputs=(), invocation="inv-live")[:2])), daemon=True)
+    runner.start()
+    d = _operation_of(base, "inv-live", time.monotonic() + 60)
+    name, streams = d["operation"]["name"], d["streams"]
+    assert streams["stdout"].startswith("logstreams/") and streams["stderr"].startswith("logstreams/")
+    # the first line arrives while the operation still executes
+    got, offset = "", 0
+    while "line 1\n" not in got:
+        status, r, _ = get_json(f"{base}/api/v1/logstream?" + q(name=streams["stdout"], offset=str(offset)))
+        assert status == 200, r
+        assert r["offset"] == offset and r["next_offset"] == offset + len(r["text"].encode())
+        got += r["text"]
+        offset = r["next_offset"]
+        assert not r["finished"]
+    status, now, _ = get_json(f"{base}/api/v1/operation?" + q(name=name))
+    assert now["operation"]["stage"] == "EXECUTING", "line 1 arrived only after the action completed"
+    while True:  # the rest, until the worker finishes the stream
+        status, r, _ = get_json(f"{base}/api/v1/logstream?" + q(name=streams["stdout"], offset=str(offset)))
+        assert status == 200, r
+        got += r["text"]
+        offset = r["next_offset"]
+        if r["finished"]:
+            break
+    runner.join(60)
+    result = finished["response"].result
+    assert got.encode() == c.bs_read(result.stdout_digest) == b"".join(b"line %d\n" % i for i in range(1, 11))
+    assert r["size"] == offset == len(got)
+    status, err, _ = get_json(f"{base}/api/v1/logstream?" + q(name=streams["stderr"], wait="0"))
+    assert (err["text"], err["finished"]) == ("done\n", True)
+    # once completed, the operation shows the result's output and still names the streams
+    status, final, _ = get_json(f"{base}/api/v1/operation?" + q(name=name))
+    assert final["operation"]["stage"] == "COMPLETED" and final["result"]["stdout"]["text"] == got
+    assert final["streams"] == streams
+    # at the end of a finished stream: nothing more, at once; past it: refused
+    status, end, _ = get_json(f"{base}/api/v1/logstream?" + q(name=streams["stdout"], offset=str(offset)))
+    assert status == 200 and (end["text"], end["next_offset"], end["finished"]) == ("", offset, True)
+    status, past, _ = get_json(f"{base}/api/v1/logstream?" + q(name=streams["stdout"], offset=str(offset + 1)))
+    assert status == 400 and past["code"] == "OUT_OF_RANGE" and "past the end" in past["error"]
+
+
+def test_live_log_answers_are_capped_and_end_on_whole_characters(served):
+    """A stream written by hand (CreateLogStream, ByteStream Write): 100 KiB come in two answers, a
+    UTF-8 character cut between writes is returned whole once its last byte is there."""
+    _, base, c, _ = served
+    made = ls_grpc.LogStreamServiceStub(c.channel).CreateLogStream(ls_pb2.CreateLogStreamRequest(parent=""), timeout=30)
+
+    def write(offset: int, data: bytes, finish: bool = False) -> None:
+        c.bs.Write(iter([bs_pb2.WriteRequest(resource_name=made.write_resource_name, write_offset=offset, data=data,
+                                             finish_write=finish)]), timeout=30)
+
+    def read(offset: int, wait: str = "0") -> dict:
+        status, r, _ = get_json(f"{base}/api/v1/logstream?" + q(name=made.name, offset=str(offset), wait=wait))
+        assert status == 200, r
+        return r
+
+    big = b"x" * (100 << 10)
+    write(0, big + b"caf\xc3")
+    first = read(0)
+    assert len(first["text"]) == 64 << 10 and first["next_offset"] == 64 << 10 and first["finished"] is False
+    second = read(first["next_offset"])
+    assert second["text"] == "x" * ((100 << 10) - (64 << 10)) + "caf"  # the é is not complete yet
+    at = second["next_offset"]
+    assert at == len(big) + 3 and second["size"] == len(big) + 4
+    assert read(at)["text"] == ""  # still only half a character, and wait=0 does not wait
+    writer = threading.Timer(1.0, write, (len(big) + 4, b"\xa9!", True))
+    writer.start()
+    last = read(at, wait="10")  # waits for the write
+    writer.join()
+    assert (last["text"], last["finished"], last["next_offset"]) == ("é!", True, len(big) + 6)
+
+
+@pytest.mark.parametrize("params, status, says", [
+    ({}, 400, "name is missing"),
+    ({"name": "blobs/abc/1"}, 400, "is not a log stream name"),
+    ({"name": "logstreams/a/b/c"}, 400, "invalid log stream resource name"),
+    ({"name": "logstreams/nope"}, 404, "log stream 'logstreams/nope' not found"),
+    ({"name": "logstreams/nope/token"}, 400, "write resource name cannot be read"),
+    ({"name": "logstreams/nope", "offset": "-1"}, 400, "offset '-1' is not a whole number"),
+    ({"name": "logstreams/nope", "wait": "11"}, 400, "wait '11' is outside 0..10 seconds"),
+    ({"name": "logstreams/nope", "wait": "nan"}, 400, "wait 'nan' is outside"),
+    ({"name": "nobody/logstreams/x"}, 400, "unknown instance name 'nobody'"),
+])
+def test_bad_log_stream_requests_are_named(served, params, status, says):
+    _, base, _, _ = served
+    got, body, _ = get_json(f"{base}/api/v1/logstream?" + q(**params))
+    assert got == status and says in body["error"], body
+
+
+def test_builds_when_build_events_are_off(tmp_path):
+    config = CONFIG.replace("local_workers: 2", "local_workers: 0") + "build_events: {enabled: false}\n"
+    with start_granary(tmp_path, config) as s:
+        base = http_url(s)
+        status, page, _ = get_json(f"{base}/api/v1/builds")
+        assert status == 200 and page["enabled"] is False and page["invocations"] == []
+        assert "build_events.enabled: false" in page["message"]
+        status, body, _ = get_json(f"{base}/api/v1/build?" + q(id="x"))
+        assert status == 404 and body["code"] == "UNIMPLEMENTED" and "build events are off" in body["error"]
+        assert get_bytes(f"{base}/ui/builds")[0] == 200
+
+
 def test_the_dashboard_can_be_turned_off(tmp_path):
     with start_granary(tmp_path, CONFIG.replace("local_workers: 2", "local_workers: 0") + "http: {dashboard: false}\n") as s:
         base = http_url(s)
@@ -334,5 +558,55 @@ def test_credentials_and_permissions_are_the_grpc_ones(tmp_path):
         assert seen["result"]["output_files"][0]["path"] == "out" and "needs cache-read" in seen["notes"][0]
         status, seen, _ = get_json(f"{base}/api/v1/operation?" + q(name=alices), alice)
         assert seen["command"]["arguments"][-1] == "echo from alice > out"
+        # builds: what the BuildEvents query service needs (cache-read on the root instance)
+        for path in ("/ui/builds", "/api/v1/builds", "/api/v1/build?id=x"):
+            assert get_bytes(base + path)[0] == 401, path
+        status, body, _ = get_json(f"{base}/api/v1/builds", bob)
+        with grpc.insecure_channel(server.address) as ch, pytest.raises(grpc.RpcError) as refused:
+            query_stub(ch).ListInvocations(builds_pb2.ListInvocationsRequest(),
+                                           metadata=[("authorization", bob["Authorization"])])
+        assert status == 403 and body == {"error": refused.value.details(), "code": "PERMISSION_DENIED"}
+        assert get_json(f"{base}/api/v1/build?" + q(id="x"), bob)[0] == 403
+        status, page, _ = get_json(f"{base}/api/v1/builds", alice)
+        assert status == 200 and page["invocations"] == []
+        assert get_json(f"{base}/api/v1/build?" + q(id="x"), alice)[0] == 404
+        publish_build(server.address, "alice-1", ["//a:b"], metadata=(("authorization", basic("root", "r-pw")),))
+        status, page, _ = get_json(f"{base}/api/v1/builds", alice)
+        assert [b["invocation_id"] for b in page["invocations"]] == ["alice-1"]
+        # the build is linked from an operation only for who may read builds
+        assert get_json(f"{base}/api/v1/operation?" + q(name=alices), alice)[1]["invocation"]["invocation_id"] == "alice-1"
+        assert get_json(f"{base}/api/v1/operation?" + q(name=alices), root)[1]["invocation"] is not None
+        # a log stream: cache-read on its instance, as ByteStream Read
+        stream = seen["streams"]["stdout"]
+        status, log, _ = get_json(f"{base}/api/v1/logstream?" + q(name=stream, wait="0"), alice)
+        assert status == 200 and log["finished"] is True and log["text"] == ""
+        status, body, _ = get_json(f"{base}/api/v1/logstream?" + q(name=stream, wait="0"), bob)
+        assert status == 403 and body["error"] == "'bob' (basic) lacks permission cache-read on instance ''"
+        assert get_bytes(f"{base}/api/v1/logstream?" + q(name=stream))[0] == 401
         a.close()
         b.close()
+
+
+@pytest.mark.bazel
+@pytest.mark.skipif(not have_bazel(), reason="bazel is not on PATH")
+def test_a_real_bazel_build_is_linked_to_the_operations_it_ran(tmp_path):
+    """Bazel's RequestMetadata tool_invocation_id is its BES invocation id: a build executed remotely
+    and published here lists its operations, and they name it."""
+    with start_granary(tmp_path / "server", CONFIG) as server:
+        base = http_url(server)
+        ws = copy_workspace("bazel_bes", tmp_path)
+        inv = str(uuid.uuid4())
+        ws.build("//gen:hello", "//gen:upper", f"--bes_backend=grpc://{server.address}", f"--invocation_id={inv}",
+                 "--bes_timeout=120s", f"--remote_executor=grpc://{server.address}", "--remote_timeout=60",
+                 "--spawn_strategy=remote", "--genrule_strategy=remote", "--remote_local_fallback=false")
+        status, d, _ = get_json(f"{base}/api/v1/build?" + q(id=inv))
+        assert status == 200 and d["summary"]["result"] == "success", d
+        assert {t["label"] for t in d["targets"]} == {"//gen:hello", "//gen:upper"}
+        assert d["operations"]["instances"] == [{"instance": "", "count": 2, "more": False}]
+        status, page, _ = get_json(f"{base}/api/v1/operations?" + q(filter=d["operations"]["filter"]))
+        ops = page["operations"]
+        assert [(o["tool_name"], o["action_mnemonic"], o["stage"], o["exit_code"]) for o in ops] == [
+            ("bazel", "Genrule", "COMPLETED", 0)] * 2
+        assert {o["invocation_id"] for o in ops} == {inv} and page["invocations"][inv]["result"] == "success"
+        status, op, _ = get_json(f"{base}/api/v1/operation?" + q(name=ops[0]["name"]))
+        assert op["invocation"]["invocation_id"] == inv and op["invocation"]["patterns"] == ["//gen:hello", "//gen:upper"]

@@ -1,20 +1,27 @@
 """The dashboard in a real browser (Debian's chromium driven by Playwright, headless) against a real
 `granary serve` whose local workers run real actions meanwhile: the overview's numbers move, operations
 filter and page, an operation shows its outputs and stdout, the CAS browser lists and downloads, the
-workers page shows a running job. Screenshots of every page go to test-artifacts/dashboard/.
+workers page shows a running job, the builds the Build Event Service stored list and link to their
+operations and back, and a running action's output shows on its page as it prints. Screenshots of every
+page go to test-artifacts/dashboard/.
 
 Skipped when /usr/bin/chromium or the playwright package is missing (scripts/test installs both)."""
 
 from __future__ import annotations
 
 import threading
+import time
+import urllib.parse
 from pathlib import Path
 
 import bcrypt
 import pytest
-from dashutil import CONFIG, client, run
+from besutil import publish_build
+from dashutil import CONFIG, client, get_json, run
 from obsutil import http_url
 from serverutil import start_granary
+
+from granary._proto.build_event_stream import build_event_stream_pb2 as bep
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +56,13 @@ def served(tmp_path_factory):
         assert response.result.exit_code == 0
         for i in range(25):
             run(c, f"echo page {i}", outputs=(), tool="page-test", invocation=f"page-{i}")
+        # builds, as Bazel's --bes_backend sends them: one per invocation above and a failed one
+        publish_build(server.address, "inv-main", ["//app:bin", "//app:lib", "//app:docs"], build_id="req-main",
+                      tests={"//app:bin_test": bep.PASSED})
+        for i in range(3):
+            run(c, f"echo broken {i}", outputs=(), tool="bazel", invocation="inv-broken")
+        publish_build(server.address, "inv-broken", ["//gen:ok", "//gen:broken", "//gen:other"], failing="//gen:broken",
+                      tests={"//gen:ok_test": bep.PASSED, "//gen:slow_test": bep.TIMEOUT})
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         print(f"dashboard screenshots in {ARTIFACTS}")
         yield server, http_url(server), c, name
@@ -231,3 +245,84 @@ auth:
         pg.goto(f"{base}/ui/operations")
         pg.wait_for_selector("#ops-empty")
         alice.close()
+
+
+def test_builds_page_and_an_invocation_linked_to_its_operations(served, page):
+    _, base, _, _ = served
+    pg, errors = page
+    pg.goto(f"{base}/ui/builds")
+    pg.wait_for_selector("#builds-table")
+    rows = pg.locator("#builds-table tbody tr")
+    expect(rows).to_have_count(2)
+    assert "inv-broken" in rows.nth(0).text_content() and "inv-main" in rows.nth(1).text_content()
+    assert "failed (BUILD_FAILURE)" in rows.nth(0).text_content() and "//gen:broken" in rows.nth(0).text_content()
+    assert "success" in rows.nth(1).text_content() and "alice" in rows.nth(1).text_content()
+    shot(pg, "builds")
+    pg.click("#builds-table a:text('inv-broken')")
+    pg.wait_for_selector("#build-targets")
+    assert "inv-broken" in pg.text_content("#build-id")
+    assert "failed" in pg.text_content("#build-result") and "BUILD_FAILURE" in pg.text_content("#build-result")
+    assert pg.text_content("#build-command") == "build //gen:ok //gen:broken //gen:other"
+    first = pg.locator("#build-targets tbody tr").first  # the failed target first
+    assert "//gen:broken" in first.text_content() and "failed" in first.text_content()
+    assert "Executing genrule failed: exit 1" in pg.text_content("#build-failures")
+    assert "TIMEOUT" in pg.text_content("#build-tests") and "PASSED" in pg.text_content("#build-tests")
+    assert "3 operations on instance (default)" in pg.text_content("#build-ops")
+    shot(pg, "build")
+    # its operations, and back from one of them
+    pg.click("#build-ops li a")
+    pg.wait_for_selector("#ops-table")
+    expect(pg.locator("#ops-table tbody tr")).to_have_count(3)
+    assert "Operations of build inv-broken" in pg.text_content("#ops-build")
+    shot(pg, "build-operations")
+    pg.click("#ops-table tbody tr td:nth-child(2) a >> nth=0")
+    pg.wait_for_selector("#op-invocation a")
+    assert "inv-broken" in pg.text_content("#op-invocation") and "failed" in pg.text_content("#op-invocation")
+    pg.click("#op-invocation a")
+    pg.wait_for_selector("#build-targets")
+    assert "inv-broken" in pg.text_content("#build-id")
+    assert errors == []
+
+
+TICKER = "for i in $(seq 1 16); do echo line $i; sleep 0.5; done; echo done >&2"  # a line every 0.5 s for 8 s
+
+
+def test_operation_page_shows_output_while_the_action_runs(served, page):
+    _, base, c, _ = served
+    pg, errors = page
+    finished: dict = {}
+    runner = threading.Thread(target=lambda: finished.update(
+        response=run(c, TICKER, outputs=(), tool="ticker", invocation="inv-live")[1]), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 60
+    while True:  # the operation's name, once it exists
+        _, ops, _ = get_json(f"{base}/api/v1/operations?" + urllib.parse.urlencode({"filter": "invocation_id = inv-live"}))
+        if ops["operations"]:
+            name = ops["operations"][0]["name"]
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    pg.goto(f"{base}/ui/operation?" + urllib.parse.urlencode({"name": name}))
+    expect(pg.locator("#op-live-stdout")).to_contain_text("line 1\n")
+    _, now, _ = get_json(f"{base}/api/v1/operation?" + urllib.parse.urlencode({"name": name}))
+    assert now["operation"]["stage"] == "EXECUTING", "the first line showed only after the action completed"
+    assert pg.is_visible("#op-live") and pg.locator("#op-stdout").count() == 0  # no result yet
+    expect(pg.locator("#op-live-stdout")).to_contain_text("line 3\n")
+    shot(pg, "operation-live")
+    # once completed: the result's stdout and stderr, the live section gone
+    expect(pg.locator("#op-stdout")).to_have_text("".join(f"line {i}\n" for i in range(1, 17)), timeout=TIMEOUT)
+    expect(pg.locator("#op-stderr")).to_have_text("done\n")
+    assert pg.is_hidden("#op-live")
+    shot(pg, "operation-live-done")
+    runner.join(60)
+    assert finished["response"].result.exit_code == 0 and errors == []
+
+
+def test_builds_page_when_build_events_are_off(tmp_path, browser):
+    config = CONFIG.replace("local_workers: 2", "local_workers: 0") + "build_events: {enabled: false}\n"
+    with start_granary(tmp_path, config) as server:
+        pg = browser.new_page()
+        pg.goto(f"{http_url(server)}/ui/builds")
+        expect(pg.locator("#builds-off")).to_contain_text("Build events are off on this server")
+        shot(pg, "builds-off")
+        pg.close()

@@ -284,6 +284,7 @@ async def serve(
     services += asset_services
     bes = add_build_event_services(server, cfg, client_key)  # None: build_events.enabled is false
     services += bes.services if bes is not None else []
+    obs.builds = bes.queries if bes is not None else None  # the dashboard's builds pages
     obs.add_grpc_services(server, services)
     address = f"[{cfg.host}]:{port}" if ":" in cfg.host else f"{cfg.host}:{port}"
     try:

@@ -185,6 +185,12 @@ class Queries:
             out.next_page_token = encode_token([last["created_time"], last["invocation_id"]])
         return out
 
+    async def summaries(self, invocation_ids: list[str]) -> dict[str, builds_pb2.InvocationSummary]:
+        """The summaries of those of these invocations that are stored, by id (what ListInvocations
+        would show of each): how the dashboard links operations back to their build."""
+        rows = await self.store.run(self.store.summaries, sorted(set(invocation_ids)))
+        return {r["invocation_id"]: decode.summary_message(r) for r in rows}
+
     async def get_invocation(self, request: builds_pb2.GetInvocationRequest) -> builds_pb2.InvocationDetail:
         if not request.invocation_id:
             raise InvalidArgument("invocation_id is required")

@@ -364,6 +364,15 @@ class EventStore:
         with self.read_engine.connect() as conn:
             return list(conn.execute(q).mappings())
 
+    def summaries(self, invocation_ids: Sequence[str]) -> list[Any]:
+        """The summary rows of those of these invocations that are stored (one query; the dashboard
+        asks for the invocation ids of a page of operations, to link each to its build)."""
+        if not invocation_ids:
+            return []
+        with self.read_engine.connect() as conn:
+            return list(conn.execute(
+                select(invocations).where(invocations.c.invocation_id.in_(list(invocation_ids)))).mappings())
+
     def invocation(self, invocation_id: str, max_events: int) -> tuple[Any, list[bytes], bool]:
         """The summary row of an invocation (None: unknown), the payloads of its tool streams'
         events in order (at most max_events) and whether there were more."""

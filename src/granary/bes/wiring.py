@@ -42,6 +42,7 @@ def database_url(cfg: Config) -> str:
 @dataclass
 class BuildEventServices:
     store: EventStore
+    queries: Queries  # also what the dashboard's builds pages ask (observability/dashboard)
     services: list[str]
     retention: float
     cleanup_interval: float
@@ -74,4 +75,4 @@ def add_build_event_services(server: grpc.aio.Server, cfg: Config, client_key: C
     query = builds_pb2.DESCRIPTOR.services_by_name["BuildEvents"]
     add_servicer(server, PublishBuildEventService(Ingest(store, limits), client_key), publish)
     add_servicer(server, BuildEventsService(queries), query)
-    return BuildEventServices(store, [publish.full_name, query.full_name], s.retention, s.cleanup_interval)
+    return BuildEventServices(store, queries, [publish.full_name, query.full_name], s.retention, s.cleanup_interval)

@@ -295,6 +295,46 @@ class LogStreams:
             raise
         return self._follow(res, offset, limit, first, ev)
 
+    async def read_some(self, res: LogStreamResource, offset: int, limit: int, wait: float) -> tuple[bytes, int, bool]:
+        """What a stream holds from `offset` (at most `limit` bytes), waiting up to `wait` seconds for a
+        first byte when there is none there yet; -> (bytes, the stream's size, finished). For a client
+        that polls instead of holding a Read open (the dashboard's live log): one answer per call, so
+        nothing of the stream is held between calls. NOT_FOUND and OUT_OF_RANGE as Read."""
+        if res.token:
+            raise InvalidArgument(f"a log stream's write resource name cannot be read; read {res.read_name!r}")
+        if offset < 0:
+            raise OutOfRange(f"offset {offset} is negative")
+        if limit <= 0:
+            raise OutOfRange(f"limit {limit} is not positive")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, wait)
+        ev = asyncio.Event()
+        self._waiters.setdefault(res.stream_id, set()).add(ev)  # before the first look: no wake-up is missed
+        try:
+            while True:
+                batch = await self.queue.read(self._fetch, res, offset)
+                if batch is None:
+                    raise NotFound(f"log stream {res.read_name!r} not found (never made, or finished and deleted)")
+                chunks, size, finished = batch
+                if finished and offset > size:
+                    raise OutOfRange(f"offset {offset} is past the end of {res.read_name!r} ({size} bytes)")
+                out = bytearray()
+                for start, data in chunks:
+                    at = offset + len(out)
+                    if start + len(data) <= at:
+                        continue
+                    out += data[at - start:] if at > start else data
+                    if len(out) >= limit:
+                        break
+                remaining = deadline - loop.time()
+                if out or finished or remaining <= 0:
+                    return bytes(out[:limit]), size, finished
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ev.wait(), min(self.cfg.poll_interval, remaining))
+                ev.clear()
+        finally:
+            self._unwait(res.stream_id, ev)
+
     def _unwait(self, stream_id: str, ev: asyncio.Event) -> None:
         waiting = self._waiters.get(stream_id)
         if waiting is not None:

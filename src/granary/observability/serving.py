@@ -64,6 +64,7 @@ class Observability:
         self.observer = RequestObserver(self.labels, self.metrics)
         self._grpc: HealthAndReflection | None = None
         self._http: HttpPort | None = None
+        self.builds: Any = None  # the Build Event Service's queries (bes/query.py), set by server.serve; None: off
         self._sampling: asyncio.Task | None = None
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
@@ -93,7 +94,7 @@ class Observability:
         if self.cfg.http.dashboard:
             from granary.observability.dashboard.routes import Dashboard
 
-            Dashboard(self.cfg, self.app, self.auth, self.render_metrics).register(self._http.app)
+            Dashboard(self.cfg, self.app, self.auth, self.render_metrics, self.builds).register(self._http.app)
         await self._http.start()
         self._sampling = asyncio.ensure_future(self._sample_forever())
 

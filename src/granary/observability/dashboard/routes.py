@@ -7,10 +7,14 @@ Pages (one HTML shell, the script fills it from the JSON endpoints):
     /ui/operation       one operation (?name=)
     /ui/workers         bot sessions, their platform, slots and jobs
     /ui/cas             the CAS browser (?instance=&digest=&view=)
+    /ui/builds          the invocations the Build Event Service stored (`granary builds`), paged
+    /ui/build           one invocation (?id=): targets, tests, failures, and its operations
     /ui/static/{file}   the script and style sheet (package data, no data in them)
 JSON:
     /api/v1/overview, /api/v1/instances, /api/v1/operations, /api/v1/operation, /api/v1/workers,
-    /api/v1/blob; and /api/v1/download (a blob as an attachment, streamed).
+    /api/v1/blob; and /api/v1/download (a blob as an attachment, streamed);
+    /api/v1/builds, /api/v1/build (the BuildEvents query service's ListInvocations, GetInvocation);
+    /api/v1/logstream (a live log stream from an offset, long-polled: a running action's output).
 
 Every request is checked by the gRPC port's authenticator and policy (access.py). Every input is
 bounded and validated (views.py); errors are JSON `{"error", "code"}` with the message gRPC gives.
@@ -31,16 +35,20 @@ from google.protobuf.message import DecodeError
 
 from granary import digest as dg
 from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from granary._proto.granary.builds.v1 import builds_pb2
 from granary.auth.permissions import Permission
 from granary.errors import GranaryError, InvalidArgument, NotFound, Unimplemented
+from granary.execution.operations import stream_read_name
 from granary.instance import WILDCARD
 from granary.observability import overview as ov
 from granary.observability.dashboard import views
 from granary.observability.dashboard.access import Access, Visitor, http_error
 from granary.observability.dashboard.sessions import read_sessions
+from granary.resource_names import parse_logstream
 
 if TYPE_CHECKING:
     from granary.auth.settings import AuthRuntime
+    from granary.bes.query import Queries
     from granary.bootstrap import App
     from granary.cas.cas import ContentAddressableStorage
     from granary.config import Config
@@ -54,13 +62,16 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",  # also on refusals, which the port's middleware does not see
     "Cache-Control": "no-store",
 }
-PAGES = ("/ui", "/ui/", "/ui/operations", "/ui/operation", "/ui/workers", "/ui/cas")
+PAGES = ("/ui", "/ui/", "/ui/operations", "/ui/operation", "/ui/workers", "/ui/cas", "/ui/builds", "/ui/build")
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
 SNAPSHOT_REUSE = 1.0  # seconds an overview snapshot serves every poll (many open dashboards: one scrape)
 RATE_WINDOW = 6.0  # rates are over the oldest snapshot this recent (a few polls: steady numbers)
 HISTORY = 12.0  # seconds of snapshots kept
 TEXT_CAP = 64 << 10  # bytes of stdout, stderr or a blob shown inline; the rest is a download away
 MAX_PARSED = 4 << 20  # largest Directory, Tree, Action or Command blob read whole to be shown
+LOG_CAP = 64 << 10  # bytes of a live log stream one /api/v1/logstream answer carries at most
+MAX_OPERATION_INSTANCES = 20  # instances an invocation's operations are counted on
+BUILDS_OFF = "build events are off on this server (build_events.enabled: false)"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -90,9 +101,11 @@ def _json(body: Any) -> web.Response:
 
 
 class Dashboard:
-    def __init__(self, cfg: Config, app: App, auth: AuthRuntime | None, render_metrics: Callable[[], Awaitable[bytes]]):
+    def __init__(self, cfg: Config, app: App, auth: AuthRuntime | None, render_metrics: Callable[[], Awaitable[bytes]],
+                 builds: Queries | None = None):
         self.cfg = cfg
         self.app = app
+        self.builds = builds  # the BuildEvents query service's code over its store; None: build_events is off
         self.access = Access(auth)
         self.render_metrics = render_metrics
         self._history: deque[ov.Snapshot] = deque()
@@ -115,6 +128,9 @@ class Dashboard:
         r.add_get("/api/v1/workers", _secured(self.workers))
         r.add_get("/api/v1/blob", _secured(self.blob))
         r.add_get("/api/v1/download", _secured(self.download))
+        r.add_get("/api/v1/builds", _secured(self.list_builds))
+        r.add_get("/api/v1/build", _secured(self.build))
+        r.add_get("/api/v1/logstream", _secured(self.logstream))
 
     # ---- pages ------------------------------------------------------------------------------
 
@@ -190,9 +206,11 @@ class Dashboard:
         farm = self._farm()
         rows, next_token = await farm.scheduler.list_operation_rows(
             instance, filter_text, size, token, self.access.caller(visitor))
+        builds = await self._invocations(visitor, [op["invocation_id"] for op, _ in rows])
         return _json({
             "instance": instance, "filter": filter_text, "page_size": size, "page_token": token,
             "next_page_token": next_token, "operations": [views.operation_row(op, job) for op, job in rows],
+            "invocations": {k: views.invocation_brief(v) for k, v in builds.items()},
         })
 
     async def operation(self, request: web.Request) -> web.Response:
@@ -246,7 +264,19 @@ class Dashboard:
                     cas if readable else None, getattr(result, f"{stream}_raw"),
                     getattr(result, f"{stream}_digest"), job["digest_function"])
         body["notes"] = notes
+        # the running action's live output (read names: the same the operation's metadata carries)
+        body["streams"] = {"stdout": stream_read_name(job.get("stdout_stream")) or None,
+                           "stderr": stream_read_name(job.get("stderr_stream")) or None}
+        found = await self._invocations(visitor, [op["invocation_id"]])
+        body["invocation"] = views.invocation_brief(found[op["invocation_id"]]) if found else None
         return _json(body)
+
+    async def _invocations(self, visitor: Visitor, ids: list[str]) -> dict[str, Any]:
+        """The stored builds among these invocation ids, when the visitor may read builds (else none)."""
+        ids = [i for i in ids if i]
+        if self.builds is None or not ids or not self.access.allows(visitor, "", Permission.CACHE_READ):
+            return {}
+        return await self.builds.summaries(ids)
 
     def _cas_or_none(self, instance: str) -> ContentAddressableStorage | None:
         try:
@@ -327,6 +357,99 @@ class Dashboard:
             })
         return _json({"execution": True, "sessions": sessions, "more": data["more"], "time": data["now"],
                       "bot_timeout": farm.cfg.bot_timeout})
+
+    # ---- builds -----------------------------------------------------------------------------
+
+    def _require_builds(self, visitor: Visitor) -> None:
+        """What the BuildEvents query service needs (auth/interceptor.py: cache-read on the root)."""
+        self.access.check(visitor, "", Permission.CACHE_READ)
+
+    async def list_builds(self, request: web.Request) -> web.Response:
+        visitor = await self.access.visitor(request)
+        self._require_builds(visitor)
+        q = request.query
+        build_id = views.bounded(q.get("build_id", ""), views.MAX_NAME, "build_id")
+        token = views.bounded(q.get("page_token", ""), views.MAX_TOKEN, "page_token")
+        size = views.page_size(q.get("page_size"))
+        if self.builds is None:
+            return _json({"enabled": False, "message": BUILDS_OFF, "invocations": [], "next_page_token": ""})
+        page = await self.builds.list_invocations(builds_pb2.ListInvocationsRequest(
+            page_size=size, page_token=token, build_id=build_id))
+        return _json({"enabled": True, "build_id": build_id, "page_size": size, "page_token": token,
+                      "next_page_token": page.next_page_token,
+                      "invocations": [views.invocation_view(s) for s in page.invocations]})
+
+    async def build(self, request: web.Request) -> web.Response:
+        visitor = await self.access.visitor(request)
+        self._require_builds(visitor)
+        invocation_id = views.bounded(request.query.get("id", ""), views.MAX_NAME, "id")
+        if not invocation_id:
+            raise InvalidArgument("id is missing: give the invocation id (?id=...)")
+        if self.builds is None:
+            raise Unimplemented(BUILDS_OFF)
+        detail = await self.builds.get_invocation(builds_pb2.GetInvocationRequest(invocation_id=invocation_id))
+        body = views.detail_view(detail)
+        body["operations"] = await self._operations_of(visitor, body["summary"]["operations_filter"])
+        return _json(body)
+
+    async def _operations_of(self, visitor: Visitor, filter_text: str | None) -> dict[str, Any]:
+        """How many operations of each configured instance carry the invocation's id (the first page of
+        the operations list each link opens), as far as the visitor may list operations."""
+        farm = self.app.execution
+        if farm is None:
+            return {"listed": False, "why": "execution is off on this server", "instances": []}
+        if filter_text is None:
+            return {"listed": False, "why": "the operations filter cannot name this invocation id", "instances": []}
+        try:
+            self.access.require_operations(visitor)
+        except GranaryError as e:
+            return {"listed": False, "why": e.message, "instances": []}
+        caller = self.access.caller(visitor)
+        names = [n for n, spec in sorted(self.cfg.instances.items()) if n != WILDCARD and spec.execution]
+        out = []
+        for name in names[:MAX_OPERATION_INSTANCES]:
+            rows, more = await farm.scheduler.list_operation_rows(name, filter_text, views.MAX_PAGE, "", caller)
+            if rows:
+                out.append({"instance": name, "count": len(rows), "more": bool(more)})
+        return {"listed": True, "filter": filter_text, "instances": out,
+                "other_instances": WILDCARD in self.cfg.instances or len(names) > MAX_OPERATION_INSTANCES}
+
+    # ---- live logs --------------------------------------------------------------------------
+
+    async def logstream(self, request: web.Request) -> web.Response:
+        """A log stream from `offset`: what is there (at most LOG_CAP bytes), waiting up to `wait`
+        seconds (at most 10) for some when there is none yet. The page calls again from next_offset
+        until `finished`. Reading needs cache-read on the stream's instance, as ByteStream Read."""
+        visitor = await self.access.visitor(request)
+        q = request.query
+        name = views.bounded(q.get("name", ""), views.MAX_NAME, "name")
+        if not name:
+            raise InvalidArgument("name is missing: give a log stream's read name (an operation's stdout_stream_name)")
+        res = parse_logstream(name)
+        if res is None:
+            raise InvalidArgument(f"{name[:200]!r} is not a log stream name ({{instance}}/logstreams/{{id}})")
+        self.access.check(visitor, res.instance, Permission.CACHE_READ)  # before anything about the stream is said
+        self.app.instances.get(res.instance)  # an instance this server serves (InvalidArgument naming it if not)
+        offset = views.offset_of(q.get("offset"))
+        wait = views.wait_of(q.get("wait"))
+        farm = self.app.execution
+        if farm is None or farm.logstreams is None:
+            raise Unimplemented("this server keeps no log streams (execution is off, or execution.logstream.enabled"
+                                " is false)")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        data = b""
+        while True:
+            more, size, finished = await farm.logstreams.read_some(
+                res, offset + len(data), LOG_CAP - len(data), deadline - loop.time())
+            data += more
+            ended = finished and offset + len(data) >= size
+            text, used = views.utf8_text(data, final=ended)
+            if used or ended or not more or loop.time() >= deadline:
+                break  # else only part of a character came: wait for the rest of it
+        next_offset = offset + used
+        return _json({"name": res.read_name, "offset": offset, "next_offset": next_offset, "text": text,
+                      "size": size, "finished": finished and next_offset >= size})
 
     # ---- the CAS ----------------------------------------------------------------------------
 

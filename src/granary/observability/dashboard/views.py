@@ -243,3 +243,113 @@ def safe_filename(name: str, fallback: str) -> str:
     base = name.rsplit("/", 1)[-1]
     cleaned = "".join(c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in base)[:200]
     return cleaned.strip(". ") or fallback
+
+
+# ---- builds (the Build Event Service's invocations) -----------------------------------------
+
+MAX_ROWS = 10_000  # targets, tests or failures of one invocation listed (the rest are counted)
+MAX_MESSAGE = 4000  # characters of a failure message shown
+
+
+def invocation_view(s: Any) -> dict[str, Any]:
+    """One invocation as `granary builds` lists it (an InvocationSummary as plain JSON: times in
+    seconds, durations in seconds, absent numbers as null rather than 0)."""
+    return {
+        "invocation_id": s.invocation_id,
+        "build_id": s.build_id,
+        "project_id": s.project_id,
+        "command": s.command,
+        "patterns": list(s.patterns)[:100],
+        "user": s.user,
+        "host": s.host,
+        "tool_version": s.tool_version,
+        "start_time": _seconds(s.start_time),
+        "end_time": _seconds(s.end_time),
+        "duration": s.duration_ms / 1000 if s.HasField("end_time") and s.HasField("start_time") else None,
+        "exit_code": s.exit_code if s.has_exit_code else None,
+        "exit_code_name": s.exit_code_name,
+        "result": s.result,
+        "actions_created": s.actions_created,
+        "actions_executed": s.actions_executed,
+        "cache_hits": s.cache_hits if s.has_cache_hits else None,
+        "processes": s.processes if s.has_cache_hits else None,
+        "targets_configured": s.targets_configured,
+        "targets_completed": s.targets_completed,
+        "targets_failed": s.targets_failed,
+        "tests_passed": s.tests_passed,
+        "tests_failed": s.tests_failed,
+        "events": s.events,
+        "stream_finished": s.stream_finished,
+        "first_failure": s.first_failure[:MAX_MESSAGE],
+        "operations_filter": operations_filter(s.invocation_id),
+    }
+
+
+def invocation_brief(s: Any) -> dict[str, Any]:
+    """What an operation shows of its build: enough to name it in a link."""
+    return {"invocation_id": s.invocation_id, "command": s.command, "patterns": list(s.patterns)[:10],
+            "result": s.result, "start_time": _seconds(s.start_time)}
+
+
+def detail_view(d: Any) -> dict[str, Any]:
+    """One invocation as `granary build ID` shows it: summary, targets, tests and failures (each list
+    at most MAX_ROWS long; the full counts say how many there were)."""
+    from granary.bes.decode import describe
+
+    targets = [{"label": t.label, "kind": t.kind, "success": t.success, "failure": t.failure[:MAX_MESSAGE],
+                "tags": list(t.tags)[:20]} for t in d.targets[:MAX_ROWS]]
+    tests = [{"label": t.label, "status": t.status, "runs": t.runs, "duration": t.duration_ms / 1000,
+              "cached": t.cached} for t in d.tests[:MAX_ROWS]]
+    failures = [{"kind": f.kind, "label": f.label, "what": f.what, "exit_code": f.exit_code,
+                 "message": f.message[:MAX_MESSAGE], "text": describe(f)[:MAX_MESSAGE]} for f in d.failures[:MAX_ROWS]]
+    return {"summary": invocation_view(d.summary), "targets": targets, "tests": tests, "failures": failures,
+            "counts": {"targets": len(d.targets), "tests": len(d.tests), "failures": len(d.failures)},
+            "truncated": d.truncated}
+
+
+def operations_filter(invocation_id: str) -> str | None:
+    """The ListOperations filter that lists an invocation's operations (Bazel sends its invocation id
+    as RequestMetadata.tool_invocation_id), None if the filter language cannot say the id."""
+    if not invocation_id or "&" in invocation_id or ('"' in invocation_id and "'" in invocation_id):
+        return None
+    value = invocation_id
+    if value != value.strip() or " " in value or value[0] in "\"'":
+        value = f"'{value}'" if '"' in value else f'"{value}"'
+    return f"invocation_id = {value} & sort_order = queued_time"
+
+
+# ---- live logs --------------------------------------------------------------------------------
+
+MAX_WAIT = 10.0  # seconds a live-log request waits for new output at most
+
+
+def offset_of(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit() or len(raw) > 18:
+        raise InvalidArgument(f"offset {raw[:40]!r} is not a whole number of bytes")
+    return int(raw)
+
+
+def wait_of(raw: str | None) -> float:
+    """Seconds to wait for output (default and at most MAX_WAIT)."""
+    if raw is None or raw == "":
+        return MAX_WAIT
+    try:
+        value = float(raw[:20])
+    except ValueError:
+        raise InvalidArgument(f"wait {raw[:40]!r} is not a number of seconds") from None
+    if not 0 <= value <= MAX_WAIT:  # NaN fails too
+        raise InvalidArgument(f"wait {raw[:40]!r} is outside 0..{MAX_WAIT:g} seconds")
+    return value
+
+
+def utf8_text(data: bytes, final: bool) -> tuple[str, int]:
+    """-> (text, bytes it covers): a UTF-8 character cut at the end of `data` is left for the next
+    read (unless the stream ends there); invalid bytes are shown as U+FFFD."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    text = decoder.decode(data, final)
+    pending = len(decoder.getstate()[0])
+    return text, len(data) - pending

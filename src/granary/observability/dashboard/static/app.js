@@ -39,6 +39,8 @@
   const downloadLink = (instance, digest, name, text) =>
     link("/api/v1/download", { instance, digest, name }, text || "download", { class: "download", download: "" });
   const opLink = (name, text) => link("/ui/operation", { name }, text || name, { class: "mono" });
+  const buildLink = (id, text) => link("/ui/build", { id }, text || id, { class: "mono" });
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
   function short(digest) {
     if (!digest) return "–";
@@ -84,6 +86,10 @@
 
   function badge(stage) {
     return h("span", { class: "badge stage-" + String(stage).toLowerCase() }, stage);
+  }
+
+  function resultBadge(result, detail) {
+    return h("span", { class: "badge result-" + String(result).toLowerCase() }, detail ? `${result} (${detail})` : result);
   }
 
   function setStatus(text, bad) {
@@ -283,7 +289,8 @@
           h("td", {}, opLink(o.name, o.name.split("/").pop().slice(0, 8) + "…"), o.instance ? h("div", { class: "muted" }, o.instance) : null),
           h("td", {}, casLink(o.instance, o.action_digest, short(o.action_digest), { view: "text" })),
           h("td", {}, o.tool_name ? `${o.tool_name} ${o.tool_version}` : "–",
-            o.invocation_id ? h("div", { class: "muted mono" }, o.invocation_id) : null,
+            o.invocation_id ? h("div", { class: "muted mono" }, data.invocations[o.invocation_id]
+              ? buildLink(o.invocation_id, o.invocation_id) : o.invocation_id) : null,
             o.action_mnemonic ? h("div", { class: "muted" }, o.action_mnemonic) : null),
           h("td", { class: "mono" }, o.worker || "–"),
           h("td", { class: "num" }, o.exit_code === null ? (o.status && o.status.code !== "OK" ? o.status.code : "–") : o.exit_code,
@@ -295,6 +302,13 @@
           ? table(["Stage", "Operation", "Action", "Tool / invocation", "Worker", "Exit#", "Queued", "Took#"], rows,
             { id: "ops-table" })
           : h("p", { class: "muted", id: "ops-empty" }, "No operations match."));
+        // listing one invocation's operations: say which build they belong to
+        const m = /(?:^|&)\s*invocation_id\s*=\s*(["']?)([^&"']+)\1\s*(?:&|$)/.exec(state.filter);
+        const build = m && data.invocations[m[2].trim()];
+        if (build) {
+          out.prepend(h("p", { class: "banner", id: "ops-build" }, "Operations of build ",
+            buildLink(build.invocation_id), ` (${[build.command, ...build.patterns].join(" ")}, `, resultBadge(build.result), ")"));
+        }
         state.nextToken = data.next_page_token;
         next.disabled = !data.next_page_token;
         prev.disabled = state.back.length === 0;
@@ -341,6 +355,14 @@
       body.replaceChildren(errorBox(new Error("no operation named: open one from the operations list")));
       return;
     }
+    // the live output section stays in place while the rest is redrawn (its text and scroll position too)
+    const head = h("div", {});
+    const rest = h("div", {});
+    const live = { stdout: livePane("stdout"), stderr: livePane("stderr") };
+    const liveNote = h("p", { class: "muted", id: "op-live-note" });
+    const liveSection = section("Live output", liveNote, live.stdout.el, live.stderr.el);
+    liveSection.id = "op-live";
+    liveSection.hidden = true;
     async function load() {
       let d;
       try {
@@ -350,11 +372,88 @@
         setStatus("error", true);
         return;
       }
-      body.replaceChildren(...renderOperation(d));
-      setStatus(d.operation.stage === "COMPLETED" ? "finished" : "updating every 2 s");
-      if (d.operation.stage !== "COMPLETED") setTimeout(load, POLL_MS);
+      const nodes = renderOperation(d);
+      const split = d.notes && d.notes.length ? 2 : 1;  // the summary (and notes) above the live output
+      head.replaceChildren(...nodes.slice(0, split));
+      rest.replaceChildren(...nodes.slice(split));
+      if (body.firstChild !== head) body.replaceChildren(head, liveSection, rest);
+      const done = d.operation.stage === "COMPLETED";
+      const streams = d.streams || {};
+      if (done) {
+        stopFollowing(live.stdout);
+        stopFollowing(live.stderr);
+        liveSection.hidden = true;  // the result's stdout and stderr are shown below instead
+      } else if (streams.stdout || streams.stderr) {
+        liveSection.hidden = false;
+        liveNote.textContent = "What the action prints, as it prints it (the page keeps the last 256 K characters of each).";
+        for (const which of ["stdout", "stderr"]) {
+          if (streams[which] && live[which].name !== streams[which]) follow(live[which], streams[which]);
+        }
+      } else if (d.operation.stage === "EXECUTING") {
+        liveSection.hidden = false;
+        liveNote.textContent = "This action's output is not streamed (execution.logstream is off, or its worker" +
+          " cannot stream); it shows here when the action completes.";
+      }
+      setStatus(done ? "finished" : "updating every 2 s");
+      if (!done) setTimeout(load, POLL_MS);
     }
     load();
+  }
+
+  // ---- live output of a running action ----------------------------------------------------
+
+  const LIVE_KEEP = 256 * 1024;  // characters of one stream the page keeps; older output is dropped
+
+  function livePane(which) {
+    const pre = h("pre", { class: "output live", id: "op-live-" + which });
+    const info = h("p", { class: "muted small", id: "op-live-" + which + "-info" }, "no output yet");
+    const el = h("div", { class: "live-pane" }, h("h3", {}, which), pre, info);
+    return { which, pre, info, el, name: null, offset: 0, run: 0, dropped: false };
+  }
+
+  function stopFollowing(pane) {
+    pane.run++;  // the loop of the current run sees it and ends
+  }
+
+  // reads the stream from where the page is up to, the server waiting up to 10 s for more each time
+  async function follow(pane, name) {
+    const run = ++pane.run;
+    Object.assign(pane, { name, offset: 0, dropped: false });
+    pane.pre.textContent = "";
+    pane.info.textContent = "waiting for output…";
+    while (run === pane.run) {
+      let r;
+      try {
+        r = await api("/api/v1/logstream", { name, offset: String(pane.offset), wait: "10" });
+      } catch (e) {
+        if (run !== pane.run) return;
+        pane.info.textContent = (e.status ? `HTTP ${e.status}: ` : "") + e.message;
+        if ([400, 401, 403, 404].includes(e.status)) return;  // asking again will not help
+        await sleep(POLL_MS);
+        continue;
+      }
+      if (run !== pane.run) return;
+      if (r.text) appendLive(pane, r.text);
+      pane.offset = r.next_offset;
+      pane.info.textContent = `${bytes(r.next_offset)} so far` + (pane.dropped ? " (the start is no longer shown)" : "") +
+        (r.finished ? "; the stream is finished" : "; following");
+      if (r.finished) return;
+    }
+  }
+
+  function appendLive(pane, text) {
+    const pre = pane.pre;
+    const atEnd = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 30;
+    pre.append(text);  // a text node: never parsed as markup
+    if (pre.textContent.length > LIVE_KEEP) {
+      const all = pre.textContent;
+      let cut = all.length - LIVE_KEEP * 3 / 4;
+      const nl = all.indexOf("\n", cut);
+      if (nl >= 0 && nl - cut < 4096) cut = nl + 1;
+      pre.textContent = all.slice(cut);
+      pane.dropped = true;
+    }
+    if (atEnd) pre.scrollTop = pre.scrollHeight;
   }
 
   function renderOperation(d) {
@@ -371,7 +470,10 @@
       ["Worker", o.worker || "–", "op-worker"],
       ["Requested by", o.identity || "–"],
       ["Tool", o.tool_name ? `${o.tool_name} ${o.tool_version}` : "–"],
-      ["Invocation", o.invocation_id || "–"],
+      ["Invocation", d.invocation
+        ? h("span", {}, buildLink(d.invocation.invocation_id), " ", resultBadge(d.invocation.result), " ",
+          h("span", { class: "muted" }, [d.invocation.command, ...d.invocation.patterns].join(" ")))
+        : o.invocation_id || "–", "op-invocation"],
       ["Mnemonic / target", [o.action_mnemonic, o.target_id].filter(Boolean).join(" ") || "–"],
       ["Priority / retries", `${d.job.priority} / ${d.job.retries}`],
     ])));
@@ -470,6 +572,198 @@
       return h("tr", {}, h("td", {}, label), h("td", { class: "mono" }, when(at)),
         h("td", { class: "num" }, at && base ? dur(at - base) : "–"), h("td", { class: "num" }, step));
     }), { id: "op-timeline" });
+  }
+
+  // ---- builds (the Build Event Service's invocations) -------------------------------------------
+
+  function buildsPage() {
+    const state = {
+      build_id: params.get("build_id") || "",
+      page_size: params.get("page_size") || "50",
+      token: params.get("page_token") || "",
+      back: [],
+    };
+    const buildId = h("input", { id: "builds-build-id", name: "build_id", value: state.build_id, size: 40,
+      placeholder: "(all builds)", spellcheck: "false", maxlength: 1000 });
+    const size = h("select", { id: "builds-size", name: "page_size" },
+      ["20", "50", "100", "200"].map((n) => h("option", { value: n, selected: n === state.page_size }, n)));
+    const out = h("div", { id: "builds-out" });
+    const prev = h("button", { id: "builds-prev", type: "button", disabled: true }, "← Newer");
+    const next = h("button", { id: "builds-next", type: "button", disabled: true }, "Older →");
+    const pageNo = h("span", { id: "builds-page", class: "muted" });
+    const form = h("form", { class: "toolbar", id: "builds-form" },
+      h("label", {}, "Build id ", buildId),
+      h("label", {}, "Per page ", size),
+      h("button", { type: "submit", id: "builds-apply" }, "Apply"));
+    const help = h("p", { class: "help" }, "Bazel invocations whose build events were sent here (",
+      h("code", {}, "--bes_backend=grpc://HOST:PORT"), "), most recent first. The build id is Bazel's",
+      " --build_request_id, shared by the invocations of one build request.");
+    const pager = h("div", { class: "pager" }, prev, pageNo, next);
+    app.replaceChildren(h("h1", {}, "Builds"), form, help, out, pager);
+
+    async function load() {
+      const q = { build_id: state.build_id, page_size: state.page_size, page_token: state.token };
+      const url = new URL(location.href);
+      url.search = "";
+      for (const [k, v] of Object.entries(q)) if (v !== "") url.searchParams.set(k, v);
+      history.replaceState(null, "", url.pathname + url.search);
+      out.replaceChildren(h("p", { class: "muted" }, "loading…"));
+      prev.disabled = next.disabled = true;
+      try {
+        const data = await api("/api/v1/builds", q);
+        if (!data.enabled) {
+          form.hidden = help.hidden = pager.hidden = true;
+          out.replaceChildren(h("p", { class: "panel muted", id: "builds-off" }, "Build events are off on this server" +
+            " (build_events.enabled: false): no builds are stored, so there are none to show."));
+          setStatus("");
+          return;
+        }
+        const rows = data.invocations.map((b) => h("tr", {},
+          h("td", {}, buildLink(b.invocation_id), b.build_id && b.build_id !== b.invocation_id
+            ? h("div", { class: "muted mono small" }, "build " + b.build_id) : null),
+          h("td", {}, b.command || "–"),
+          h("td", { class: "mono" }, b.patterns.length
+            ? b.patterns.flatMap((p) => [h("span", { class: "nowrap" }, p), " "]) : "–"),
+          h("td", {}, b.user || "–", b.host ? h("div", { class: "muted" }, b.host) : null),
+          h("td", { class: "nowrap" }, when(b.start_time)),
+          h("td", { class: "num" }, b.duration !== null ? dur(b.duration) : "–"),
+          h("td", {}, resultBadge(b.result, b.exit_code ? b.exit_code_name || String(b.exit_code) : ""),
+            b.first_failure ? h("div", { class: "muted small failure" }, firstLine(b.first_failure)) : null),
+          h("td", { class: "num" }, `${num(b.actions_executed)} / ${num(b.actions_created)}`),
+          h("td", { class: "num" }, b.cache_hits === null ? "–" : `${num(b.cache_hits)} / ${num(b.processes)}`),
+          h("td", {}, b.operations_filter ? link("/ui/operations", { filter: b.operations_filter }, "operations") : "–")));
+        out.replaceChildren(rows.length
+          ? table(["Invocation", "Command", "Patterns", "User", "Started", "Duration#", "Result", "Actions run / created#",
+            "Cache hits#", ""], rows, { id: "builds-table" })
+          : h("p", { class: "muted", id: "builds-empty" }, state.build_id ? "No builds with this build id." :
+            "No builds are stored yet: run Bazel with --bes_backend pointing at this server."));
+        state.nextToken = data.next_page_token;
+        next.disabled = !data.next_page_token;
+        prev.disabled = state.back.length === 0;
+        pageNo.textContent = `page ${state.back.length + 1}`;
+        setStatus(`${rows.length} build(s)`);
+      } catch (e) {
+        out.replaceChildren(errorBox(e));
+        prev.disabled = state.back.length === 0;
+        setStatus("error", true);
+      }
+    }
+
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      state.build_id = buildId.value.trim();
+      state.page_size = size.value;
+      state.token = "";
+      state.back = [];
+      load();
+    });
+    next.addEventListener("click", () => {
+      if (!state.nextToken) return;
+      state.back.push(state.token);
+      state.token = state.nextToken;
+      load();
+    });
+    prev.addEventListener("click", () => {
+      if (!state.back.length) return;
+      state.token = state.back.pop();
+      load();
+    });
+    load();
+  }
+
+  function firstLine(text) {
+    const lines = String(text).split("\n").filter((l) => l.trim());
+    return lines.length ? lines[0] + (lines.length > 1 ? " …" : "") : "";
+  }
+
+  function buildPage() {
+    const id = params.get("id") || "";
+    app.replaceChildren(h("h1", {}, "Build"), h("p", { class: "mono", id: "build-id" }, id));
+    const body = h("div", { id: "build-body" }, h("p", { class: "muted" }, "loading…"));
+    app.append(body);
+    if (!id) {
+      body.replaceChildren(errorBox(new Error("no invocation named: open one from the builds list")));
+      return;
+    }
+    async function load() {
+      let d;
+      try {
+        d = await api("/api/v1/build", { id });
+      } catch (e) {
+        body.replaceChildren(errorBox(e));
+        setStatus("error", true);
+        return;
+      }
+      body.replaceChildren(...renderBuild(d));
+      const running = d.summary.result === "running";
+      setStatus(running ? "running: updating every 4 s" : "finished");
+      if (running) setTimeout(load, POLL_MS * 2);
+    }
+    load();
+  }
+
+  function renderBuild(d) {
+    const s = d.summary;
+    const out = [];
+    out.push(section("Summary", kv([
+      ["Result", h("span", {}, resultBadge(s.result), s.exit_code !== null
+        ? h("span", { class: "muted" }, ` exit code ${s.exit_code}${s.exit_code_name ? " " + s.exit_code_name : ""}`) : null),
+      "build-result"],
+      ["Command", h("span", { class: "mono" }, [s.command, ...s.patterns].join(" ") || "–"), "build-command"],
+      ["User", s.user ? s.user + (s.host ? "@" + s.host : "") : "–"],
+      ["Tool", s.tool_version ? "Bazel " + s.tool_version : "–"],
+      ["Started", when(s.start_time)],
+      ["Duration", s.duration !== null ? dur(s.duration) : "–"],
+      ["Build id", link("/ui/builds", { build_id: s.build_id }, s.build_id, { class: "mono" })],
+      ["Actions", `${num(s.actions_executed)} executed of ${num(s.actions_created)} created`, "build-actions"],
+      ["Cache hits", s.cache_hits === null ? "–" : `${num(s.cache_hits)} of ${num(s.processes)} processes`],
+      ["Targets", `${s.targets_configured} configured, ${s.targets_completed} completed, ${s.targets_failed} failed`],
+      ["Tests", `${s.tests_passed} passed, ${s.tests_failed} failed`],
+      ["Events", `${num(s.events)}` + (s.stream_finished ? ", stream finished" : ", stream still open") +
+        (d.truncated ? " (more than were decoded)" : "")],
+    ])));
+    out.push(section("Operations", buildOperations(d.operations, s)));
+    if (d.failures.length) {
+      out.push(section(`Failures (${d.counts.failures})`, table(["Kind", "Label", "What", "Message"], d.failures.map((f) =>
+        h("tr", {}, h("td", {}, f.kind), h("td", { class: "mono" }, f.label || "(build)"),
+          h("td", {}, f.what + (f.kind === "action" ? ` exited ${f.exit_code}` : "")),
+          h("td", {}, h("pre", { class: "message" }, f.message || "–")))), { id: "build-failures" }),
+      shownOf(d.failures.length, d.counts.failures)));
+    }
+    const targets = [...d.targets].sort((a, b) => (a.success - b.success) || a.label.localeCompare(b.label));
+    out.push(section(`Targets (${d.counts.targets})`, targets.length ? table(["Label", "Kind", "Outcome"], targets.map((t) =>
+      h("tr", {}, h("td", { class: "mono" }, t.label), h("td", {}, t.kind || "–"),
+        h("td", {}, t.success ? h("span", { class: "badge ok" }, "built") : h("span", { class: "badge stale" }, "failed"),
+          t.failure ? h("div", { class: "muted small" }, firstLine(t.failure)) : null))), { id: "build-targets" })
+      : h("p", { class: "muted" }, "No target completed (yet)."), shownOf(targets.length, d.counts.targets)));
+    if (d.tests.length) {
+      out.push(section(`Tests (${d.counts.tests})`, table(["Label", "Status", "Runs#", "Duration#", "Cached"], d.tests.map((t) =>
+        h("tr", {}, h("td", { class: "mono" }, t.label),
+          h("td", {}, h("span", { class: "badge " + (["PASSED", "FLAKY"].includes(t.status) ? "ok" : "stale") }, t.status)),
+          h("td", { class: "num" }, t.runs), h("td", { class: "num" }, dur(t.duration)), h("td", {}, t.cached ? "yes" : ""))),
+      { id: "build-tests" }), shownOf(d.tests.length, d.counts.tests)));
+    }
+    return out;
+  }
+
+  function shownOf(shown, total) {
+    return shown < total ? h("p", { class: "muted" }, `The first ${shown} of ${total} are listed.`) : null;
+  }
+
+  function buildOperations(ops, s) {
+    const all = s.operations_filter ? link("/ui/operations", { filter: s.operations_filter }, "operations list", { id: "build-ops-link" }) : null;
+    if (!ops.listed) return h("p", { class: "muted", id: "build-ops" }, ops.why);
+    const rows = ops.instances.map((i) => h("li", {},
+      link("/ui/operations", { instance: i.instance, filter: ops.filter },
+        `${i.count}${i.more ? "+" : ""} operation${i.count === 1 && !i.more ? "" : "s"}`),
+      " on instance ", h("span", { class: "mono" }, i.instance === "" ? "(default)" : i.instance)));
+    return h("div", { id: "build-ops" },
+      rows.length ? h("ul", { class: "plain" }, rows)
+        : h("p", { class: "muted" }, "No operation on this server carries this invocation id (its actions ran" +
+          " locally, were cache hits, or their operations were deleted)."),
+      h("p", { class: "muted small" }, "Bazel sends its invocation id with every remote call (RequestMetadata" +
+        " tool_invocation_id); the ", all, " filters by it",
+        ops.other_instances ? "; other instances are asked by name there." : "."));
   }
 
   // ---- workers ------------------------------------------------------------------------------
@@ -587,6 +881,7 @@
     "/ui": ["overview", overviewPage], "/ui/": ["overview", overviewPage],
     "/ui/operations": ["operations", operationsPage], "/ui/operation": ["operations", operationPage],
     "/ui/workers": ["workers", workersPage], "/ui/cas": ["cas", casPage],
+    "/ui/builds": ["builds", buildsPage], "/ui/build": ["builds", buildPage],
   };
   const [current, render] = pages[location.pathname] || pages["/ui/"];
   for (const a of document.querySelectorAll("nav a")) {
