@@ -492,9 +492,10 @@ def client_process(address: str, index: int, threads: int, deadline: float, seed
     for w in workers:
         w.start()
     while any(w.is_alive() for w in workers):
-        for w in workers:
-            w.join(2.0)
+        time.sleep(min(2.0, max(0.05, deadline - time.time())))
         reports.put((index, False, sum_tallies([c.tally for c in clients])))
+    for w in workers:
+        w.join()
     reports.put((index, True, sum_tallies([c.tally for c in clients])))
 
 
@@ -631,6 +632,9 @@ def main() -> int:
                     help="largest final/warm-up RSS ratio still called flat (1.5; plus 64 MiB)")
     ap.add_argument("--keep", type=Path, help="keep the data directory and server.log here")
     args = ap.parse_args()
+    # a background run (SIGINT ignored) or a kill must still stop the server: exit through `finally`
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     seconds = args.seconds if args.seconds is not None else 60 * (args.minutes if args.minutes is not None else 5)
     res = soak(args.clients, seconds, args.sample, args.processes, args.keep)
     return 0 if report(res, args.clients, args.rss_growth) else 1

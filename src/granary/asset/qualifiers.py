@@ -170,7 +170,7 @@ def parse(items: Iterable, directory: bool = False) -> Qualifiers:
             q.auth_headers = _auth_headers(value)
         elif name.startswith(HEADER_URL_PREFIX):
             index, sep, header = name[len(HEADER_URL_PREFIX):].partition(":")
-            if not sep or not index.isdigit():
+            if not sep or not (index.isascii() and index.isdigit()):  # isdigit() alone admits '²'
                 raise InvalidArgument(f"qualifier {name!r} is not {HEADER_URL_PREFIX}INDEX:HEADER")
             q.url_headers.setdefault(int(index), {})[_header_name(header, name)] = _header_value(value, name)
         elif name.startswith(HEADER_PREFIX):
@@ -190,7 +190,7 @@ def parse(items: Iterable, directory: bool = False) -> Qualifiers:
 def _auth_headers(value: str) -> dict[str, dict[str, str]]:
     try:
         data = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays or objects
         raise InvalidArgument(f"{AUTH_HEADERS} is not JSON") from None
     if not isinstance(data, dict) or not all(
         isinstance(h, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in h.items())

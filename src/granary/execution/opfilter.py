@@ -93,7 +93,7 @@ def _sort_keys(value: str) -> list[tuple[str, bool]]:
 
 def _value(name: str, value: str) -> str | int | float:
     if name == "stage":
-        if value.isdigit():
+        if value.isascii() and value.isdigit():  # str.isdigit() alone admits '²', which int() refuses
             return int(value)
         stage = STAGE_NAMES.get(value.upper())
         if stage is None:
