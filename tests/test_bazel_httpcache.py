@@ -74,6 +74,7 @@ def _roundtrip(tmp_path, instance: str | None) -> None:
         fresh = tmp_path / "grpc-output-base"
         via_grpc = ws.build(*TARGETS, *remote_flags(server.address, instance), output_base=fresh)
         _all_hits(via_grpc, cold, server)
+        print(f"cold {cold.summary}; warm over HTTP {warm.summary}; over gRPC {via_grpc.summary}")
         assert _hashes(ws, output_base=fresh) == before
     finally:
         server.stop()
