@@ -288,3 +288,29 @@ def test_permissions_are_the_grpc_ones(tmp_path):
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
         finally:
             c.close()
+
+
+SMALL_CAS = """\
+storage:
+  small: {type: memory, max_size: 1MiB}
+instances:
+  "*": {cas: small, action_cache: {type: memory}}
+http:
+  cache: {enabled: true}
+"""
+
+
+def test_opaque_entries_share_the_cas_bound_and_eviction(tmp_path):
+    """Entries live in the CAS: past its max_size the least recently used go, and their keys then
+    miss (404) instead of answering with missing bytes; an entry larger than the CAS is a 413."""
+    with start_granary(tmp_path, SMALL_CAS) as s:
+        base = http_url(s)
+        first, second = os.urandom(600 << 10), os.urandom(600 << 10)
+        assert request(base, "PUT", "/cache/aaaa", first)[0] == 200
+        assert request(base, "GET", "/cache/aaaa")[1] == first
+        assert request(base, "PUT", "/ccache/bb/bbbb", second)[0] == 200  # pushes `first` out
+        assert request(base, "GET", "/cache/aaaa")[0] == 404
+        assert request(base, "HEAD", "/cache/aaaa")[0] == 404
+        assert request(base, "GET", "/ccache/bb/bbbb")[1] == second
+        assert request(base, "PUT", "/cache/cccc", os.urandom((1 << 20) + 1))[0] == 413
+        assert request(base, "GET", "/healthz")[0] == 200

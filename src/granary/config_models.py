@@ -465,9 +465,12 @@ class HttpCacheSection(Section):
     """Plain HTTP cache protocols on the HTTP port, on the instances' own stores (docs/http-cache.md)."""
 
     enabled: Flag = Field(False, description="Serve the HTTP cache protocols below on the HTTP port.")
-    bazel: HttpCacheBazelSection = Field(default_factory=HttpCacheBazelSection)
-    ccache: HttpCacheCcacheSection = Field(default_factory=HttpCacheCcacheSection)
-    gradle: HttpCacheGradleSection = Field(default_factory=HttpCacheGradleSection)
+    bazel: HttpCacheBazelSection = Field(
+        default_factory=HttpCacheBazelSection, description="bazel-remote's /ac/ and /cas/ protocol (Bazel's --remote_cache=http://).")
+    ccache: HttpCacheCcacheSection = Field(
+        default_factory=HttpCacheCcacheSection, description="ccache's HTTP remote storage under its own prefix.")
+    gradle: HttpCacheGradleSection = Field(
+        default_factory=HttpCacheGradleSection, description="Gradle's HTTP build cache under its own prefix.")
     max_entry_size: Size = Field(
         0, description="Largest blob or entry accepted (413 above it); 0: the CAS's own limit, else 4 GiB.")
     max_action_result_size: Size = Field(
