@@ -314,3 +314,20 @@ def test_opaque_entries_share_the_cas_bound_and_eviction(tmp_path):
         assert request(base, "GET", "/ccache/bb/bbbb")[1] == second
         assert request(base, "PUT", "/cache/cccc", os.urandom((1 << 20) + 1))[0] == 413
         assert request(base, "GET", "/healthz")[0] == 200
+
+
+def test_several_server_processes_share_entries(tmp_path):
+    """With two server processes on the port (SO_REUSEPORT), any may answer: a blob or entry one
+    stored is found by the other (the size and key records are in the shared Action Cache)."""
+    server = start_granary(tmp_path, CONFIG, processes=2)
+    try:
+        base = http_url(server)
+        blobs = [os.urandom(1000 + i) for i in range(24)]
+        for i, b in enumerate(blobs):  # a new connection each: either process may take it
+            assert request(base, "PUT", f"/cas/{sha(b)}", b)[0] == 200
+            assert request(base, "PUT", f"/cache/k{i}", b)[0] == 200
+        for i, b in enumerate(blobs):
+            assert request(base, "GET", f"/cas/{sha(b)}")[1] == b
+            assert request(base, "GET", f"/cache/k{i}")[1] == b
+    finally:
+        server.stop()
