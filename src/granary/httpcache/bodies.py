@@ -36,6 +36,10 @@ READ = 256 << 10
 class TooLarge(Exception):
     """The body passed the limit; the handler answers 413."""
 
+    def __init__(self, limit: int):
+        super().__init__(limit)
+        self.limit = limit
+
 
 @dataclass
 class _Chunk:
@@ -54,7 +58,7 @@ async def _body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
             return
         seen += len(data)
         if seen > limit:
-            raise TooLarge
+            raise TooLarge(limit)
         yield data
 
 
@@ -136,11 +140,11 @@ async def spool(request: web.Request, limit: int, memory: int, tmp_dir: Path, co
             try:
                 pieces = list(decompressor.decompress(data, limit - size))
             except compression.TooLarge:
-                raise TooLarge from None
+                raise TooLarge(limit) from None
             for raw in pieces:
                 size += len(raw)
                 if size > limit:
-                    raise TooLarge
+                    raise TooLarge(limit)
                 hasher.update(raw)
                 if f is None and size > memory:
                     tmp_dir.mkdir(parents=True, exist_ok=True)

@@ -108,8 +108,8 @@ class HttpCache:
                 return _text(415, e.message)
             except GranaryError as e:
                 return _error(e)
-            except bodies.TooLarge:
-                return _too_large(self._max_entry_hint())
+            except bodies.TooLarge as e:
+                return _too_large(e.limit)
             except TimeoutError:
                 return _text(408, f"the request body did not arrive within {self.settings.body_timeout:g}s",
                              {"Connection": "close"})
@@ -120,7 +120,7 @@ class HttpCache:
         """`Expect: 100-continue`: refuse an announced oversized body before it is sent."""
         length = request.content_length
         if request.method == "PUT" and length is not None and length > self._limit_for(request):
-            return _too_large(self._max_entry_hint())
+            return _too_large(self._limit_for(request))
         if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # as aiohttp's own handler: the response has not begun
@@ -136,9 +136,6 @@ class HttpCache:
             return self.settings.max_entry_size
         cas_max = instance.cas.max_blob_bytes if instance is not None else 0
         return cas_max or DEFAULT_MAX_ENTRY
-
-    def _max_entry_hint(self) -> int:
-        return self.settings.max_entry_size or DEFAULT_MAX_ENTRY
 
     # ---- auth --------------------------------------------------------------------------------
 
