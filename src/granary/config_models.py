@@ -424,6 +424,72 @@ class ServerSection(Section):
         False, description="Listen beyond loopback without `auth:` (same as --allow-unauthenticated-network-access).")
 
 
+class HttpCacheBazelSection(Section):
+    """bazel-remote's HTTP protocol: /ac/HASH and /cas/HASH, optionally under /INSTANCE/ (docs/http-cache.md)."""
+
+    enabled: Flag = Field(True, description="Serve GET/PUT/HEAD /ac/HASH, /cas/HASH and /INSTANCE/ac|cas/HASH.")
+    instance: TextOrEmpty = Field(
+        "", description="The instance a path without an instance prefix uses (\"\": the default instance).")
+
+
+class HttpCacheOpaqueSection(Section):
+    """An opaque-key cache (ccache or Gradle) under one URL prefix, stored in one instance."""
+
+    enabled: Flag = Field(True, description="Serve this protocol.")
+    prefix: Text = Field(description="The first path segment of its URLs (no slashes).")
+    instance: TextOrEmpty = Field("", description="The instance whose CAS and Action Cache hold its entries.")
+
+    @field_validator("prefix")
+    @classmethod
+    def _one_segment(cls, v: str) -> str:
+        if "/" in v or v in (".", "..", "ui", "api", "metrics", "healthz", "readyz", "ac", "cas"):
+            raise ValueError(f"prefix {v!r} must be one path segment not used by other routes")
+        return v
+
+
+class HttpCacheCcacheSection(HttpCacheOpaqueSection):
+    """ccache's `remote_storage = http://HOST:PORT/PREFIX|layout=...`."""
+
+    prefix: Text = Field("ccache", description="The first path segment of its URLs (no slashes).")
+    layout: Literal["subdirs", "flat", "bazel"] = Field(
+        "subdirs", description="The layout= attribute ccache is configured with: which paths name a key.")
+
+
+class HttpCacheGradleSection(HttpCacheOpaqueSection):
+    """Gradle's HttpBuildCache with `url = http://HOST:PORT/PREFIX/`."""
+
+    prefix: Text = Field("cache", description="The first path segment of its URLs (no slashes).")
+
+
+class HttpCacheSection(Section):
+    """Plain HTTP cache protocols on the HTTP port, on the instances' own stores (docs/http-cache.md)."""
+
+    enabled: Flag = Field(False, description="Serve the HTTP cache protocols below on the HTTP port.")
+    bazel: HttpCacheBazelSection = Field(
+        default_factory=HttpCacheBazelSection, description="bazel-remote's /ac/ and /cas/ protocol (Bazel's --remote_cache=http://).")
+    ccache: HttpCacheCcacheSection = Field(
+        default_factory=HttpCacheCcacheSection, description="ccache's HTTP remote storage under its own prefix.")
+    gradle: HttpCacheGradleSection = Field(
+        default_factory=HttpCacheGradleSection, description="Gradle's HTTP build cache under its own prefix.")
+    max_entry_size: Size = Field(
+        0, description="Largest blob or entry accepted (413 above it); 0: the CAS's own limit, else 4 GiB.")
+    max_action_result_size: Size = Field(
+        3 << 20, description="Largest /ac/ value (a serialized ActionResult) accepted; 413 above it.")
+    body_timeout: Duration = Field(
+        300.0, description="Longest time to receive one request body; a slower upload is dropped (408).")
+    spool_memory: Size = Field(
+        1 << 20, description="Opaque (ccache, Gradle) or chunked uploads up to this size are held in memory;"
+                             " larger ones are spooled to a temporary file in the data dir while hashed.")
+
+    @model_validator(mode="after")
+    def _positive(self) -> HttpCacheSection:
+        if self.body_timeout <= 0:
+            raise problem("must be above 0", key="body_timeout")
+        if self.ccache.enabled and self.gradle.enabled and self.ccache.prefix == self.gradle.prefix:
+            raise problem("ccache and gradle need different prefixes", key="gradle.prefix")
+        return self
+
+
 class HttpSection(Section):
     """The HTTP port beside gRPC: /metrics (Prometheus), /healthz, /readyz, the dashboard (docs/observability.md)."""
 
@@ -442,6 +508,9 @@ class HttpSection(Section):
     max_instance_labels: Positive = Field(
         100, description="Instance names that get their own metrics label per server process (configured names"
                          " always do); further names the wildcard answers are counted as (other).")
+    cache: HttpCacheSection = Field(
+        default_factory=HttpCacheSection,
+        description="bazel-remote, ccache and Gradle HTTP caches on this port (docs/http-cache.md).")
 
     @model_validator(mode="after")
     def _positive_timeout(self) -> HttpSection:

@@ -258,7 +258,8 @@ class HttpPort:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        # bodies are stored as sent: the HTTP cache (httpcache/) decodes Content-Encoding: zstd itself
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0, auto_decompress=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_port=True, ssl_context=self.ssl_context)
         try:

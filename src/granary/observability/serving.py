@@ -95,6 +95,10 @@ class Observability:
             from granary.observability.dashboard.routes import Dashboard
 
             Dashboard(self.cfg, self.app, self.auth, self.render_metrics, self.builds).register(self._http.app)
+        if self.cfg.http.cache.enabled:  # bazel-remote, ccache and Gradle HTTP caches (docs/http-cache.md)
+            from granary.httpcache.routes import HttpCache
+
+            HttpCache(self.cfg, self.app, self.auth).register(self._http.app)
         await self._http.start()
         self._sampling = asyncio.ensure_future(self._sample_forever())
 
