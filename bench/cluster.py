@@ -159,7 +159,24 @@ def setup_network() -> None:
 
 
 def netns_pids(host: str) -> list[int]:
-    return [int(p) for p in sh("ip", "netns", "pids", ns(host), check=False).stdout.split()]
+    """Every process of a host: those in its namespace and their descendants (a sandboxed action
+    runs in namespaces of its own but is still the host's process)."""
+    roots = {int(p) for p in sh("ip", "netns", "pids", ns(host), check=False).stdout.split()}
+    children: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = Path(stat).read_text()
+        except OSError:
+            continue
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(stat.split("/")[2]))
+    found, todo = set(roots), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return sorted(found)
 
 
 def kill_host(host: str, sig: int = signal.SIGKILL) -> int:
@@ -178,7 +195,7 @@ def kill_host(host: str, sig: int = signal.SIGKILL) -> int:
 
 class Postgres:
     def __init__(self, base: Path) -> None:
-        self.bin = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
+        self.bin = max(glob.glob("/usr/lib/postgresql/*/bin"))
         self.dir = base / "pg"
         self.dir.mkdir()
         shutil.chown(self.dir, "postgres")
@@ -196,7 +213,8 @@ class Postgres:
             ["runuser", "-u", "postgres", "--", f"{self.bin}/postgres", "-D", str(self.dir / "data"),
              "-p", str(self.port), "-k", str(self.dir), "-c", f"listen_addresses={GW}", "-c", "fsync=off",
              "-c", "max_connections=300"],
-            stdout=subprocess.DEVNULL, stderr=open(self.dir / "postgres.log", "ab"), start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=open(self.dir / "postgres.log", "ab"),  # noqa: SIM115 - the child keeps it
+            start_new_session=True)
         wait_port(GW, self.port, proc=self.proc)
 
     def stop(self, sig: int = signal.SIGINT) -> None:
@@ -290,7 +308,7 @@ class Proxies:
             try:
                 upstream = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
                 break
-            except (OSError, asyncio.TimeoutError):
+            except (OSError, TimeoutError):
                 continue
         if upstream is None:
             writer.close()
@@ -391,7 +409,7 @@ class Farm:
             self.start_worker(w)
 
     def _spawn(self, host: str, args: list[str]) -> subprocess.Popen:
-        logf = open(self.base / f"{host}.log", "ab")
+        logf = open(self.base / f"{host}.log", "ab")  # noqa: SIM115 - the child process keeps it
         proc = subprocess.Popen(["ip", "netns", "exec", ns(host), *args], env=self.env, stdout=logf,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs[host] = proc
@@ -553,7 +571,7 @@ def bazel(host: str | None, ws: Path, state: Path, *args: str, timeout: float = 
            f"--output_base={state / 'base'}", *args]
     try:
         return subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, errors="replace",
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+                              timeout=timeout, stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired as e:
         return subprocess.CompletedProcess(cmd, 124, str(e.stdout or ""), f"timed out after {timeout}s")
 
