@@ -513,7 +513,7 @@ class RssSampler:
 
 # ---- the workload -------------------------------------------------------------------------------
 
-STEPS = 12
+STEPS = 24
 BIG_INPUTS = 4
 BIG_SIZE = 6 << 20
 BAZELRC = """\
@@ -829,14 +829,23 @@ def run_scenario(name: str, farm: Farm, base: Path) -> Row:
     done: dict[str, str] = {}
     if name != "disk-full":
         fault = fault_for(name, farm, stop)
-    worker = threading.Thread(target=lambda: done.setdefault("fault", fault()), daemon=True)
+    ended: dict[str, float] = {}
+
+    def apply() -> None:
+        done["fault"] = fault()
+        ended["at"] = time.monotonic()
+
+    worker = threading.Thread(target=apply, daemon=True)
     worker.start()
     invocation = str(uuid.uuid4())
     t0 = time.monotonic()
     remote = bazel("client", ws, base / name / "remote", "build", *remote_flags(invocation), "//...")
-    seconds = time.monotonic() - t0
+    t1 = time.monotonic()
+    seconds = t1 - t0
     stop.set()
     worker.join(180)
+    if ended.get("at", 0) > t1 + 1 and name not in ("baseline", "disk-full", "s3-faults"):
+        done["fault"] = done.get("fault", "") + f" (healed {ended['at'] - t1:.0f} s after the build ended)"
     peak = rss.stop()
     if name == "disk-full":
         done["fault"] = fault_text
