@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import fcntl
 import glob
 import hashlib
 import os
@@ -393,20 +394,31 @@ class Farm:
         self.base = base
         self.procs: dict[str, subprocess.Popen] = {}
         self.mounts: list[Path] = []
+        self.closed = False
+        # one farm per machine: the namespace and link names are fixed
+        self.lock = open("/run/granary-cluster.lock", "w")  # noqa: SIM115 - held for the farm's life
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RuntimeError("another cluster farm runs on this machine (/run/granary-cluster.lock)") from None
         self.env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "AWS_ACCESS_KEY_ID": "testing",
                     "AWS_SECRET_ACCESS_KEY": "testing"}
-        setup_network()
-        self.pg = Postgres(base)
-        self.redis = Redis(base)
-        self.moto = Moto()
-        self.proxies = Proxies(self.moto.port)
-        self.config = base / "granary.yaml"
-        self.config.write_text(CONFIG.format(redis=self.redis.url, s3=f"http://{GW}:{self.proxies.s3_port}",
-                                             pg=self.pg.url, bot_timeout=BOT_TIMEOUT))
-        for host in ("srvA", "srvB"):
-            self.start_server(host)
-        for w in WORKERS:
-            self.start_worker(w)
+        try:
+            setup_network()
+            self.pg = Postgres(base)
+            self.redis = Redis(base)
+            self.moto = Moto()
+            self.proxies = Proxies(self.moto.port)
+            self.config = base / "granary.yaml"
+            self.config.write_text(CONFIG.format(redis=self.redis.url, s3=f"http://{GW}:{self.proxies.s3_port}",
+                                                 pg=self.pg.url, bot_timeout=BOT_TIMEOUT))
+            for host in ("srvA", "srvB"):
+                self.start_server(host)
+            for w in WORKERS:
+                self.start_worker(w)
+        except BaseException:
+            self.close()
+            raise
 
     def _spawn(self, host: str, args: list[str]) -> subprocess.Popen:
         logf = open(self.base / f"{host}.log", "ab")  # noqa: SIM115 - the child process keeps it
@@ -459,6 +471,9 @@ class Farm:
             self.mounts.remove(path)
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         for host in HOSTS:
             kill_host(host)
         for p in self.procs.values():
@@ -468,12 +483,14 @@ class Farm:
                 pass
         for m in list(self.mounts):
             self.umount(m)
-        for stop in (self.proxies.stop, self.pg.stop, self.redis.stop, self.moto.stop):
+        for what in ("proxies", "pg", "redis", "moto"):  # those that were started
             try:
-                stop()
+                if hasattr(self, what):
+                    getattr(self, what).stop()
             except Exception as e:  # noqa: BLE001 - cleanup goes on whatever one step did
                 log(f"cleanup: {e}")
         teardown_network()
+        self.lock.close()
 
 
 # ---- memory -------------------------------------------------------------------------------------
@@ -917,11 +934,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def cleanup() -> None:
         nonlocal farm
-        if farm is not None:
+        if farm is not None:  # a Farm that failed to start has cleaned up after itself
             farm.close()
             farm = None
-        else:
-            teardown_network()
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
 
