@@ -37,6 +37,7 @@ import glob
 import hashlib
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -818,9 +819,11 @@ class Row:
 
 
 def first_error(text: str) -> str:
+    """Bazel's first ERROR line, without the workspace path, cut before its command line."""
     for line in text.splitlines():
         if line.startswith("ERROR:") and "Build did NOT complete" not in line:
-            return line[6:].strip()[:150]
+            line = re.sub(r"^\S*/BUILD:\d+:\d+: ", "", line[6:].strip())
+            return line.split(": error executing command")[0][:110]
     return text.strip().splitlines()[-1][:150] if text.strip() else "no output"
 
 
