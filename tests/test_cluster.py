@@ -15,7 +15,9 @@ Needs root (namespaces, veth, bridge); skips with the reason otherwise.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -44,14 +46,19 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory):
-    base = tmp_path_factory.mktemp("cluster")
-    base.chmod(0o755)  # actions run as nobody inside the workers' directories
-    f = cluster.Farm(base)
+def farm():
+    # Not under pytest's tmp_path: its root is private to root, and PostgreSQL (as user
+    # postgres) and the actions (as nobody) must reach their directories.
+    base = Path(tempfile.mkdtemp(prefix="granary-cluster-test-"))
+    base.chmod(0o755)
     try:
-        yield f, base
+        f = cluster.Farm(base)
+        try:
+            yield f, base
+        finally:
+            f.close()
     finally:
-        f.close()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.parametrize("scenario", cluster.SHORT)
