@@ -54,6 +54,8 @@ _UNAVAILABLE_NAMES = {
     ("botocore.exceptions", "ReadTimeoutError"),
     ("aiohttp.client_exceptions", "ClientConnectorError"),
     ("sqlalchemy.exc", "OperationalError"),
+    # the job queue's raw DB-API cursors on PostgreSQL: a server restarting or unreachable
+    ("psycopg", "OperationalError"),
 }
 
 
