@@ -71,7 +71,9 @@ def test_a_result_is_not_found_once_a_blob_it_needs_is_gone(tmp_path, removed_by
             remover.store.evict(0)
         else:
             # the large blob's bytes went bad on disk: found out when it is read
-            os.truncate(remover.store._file_path(large[0].key), 10)
+            key = large[0].key  # its file is KEY or KEY.<generation> (cas/disk.py _file_path)
+            (path,) = (remover.store.root / "blobs" / key[-2:]).glob(f"{key}*")
+            os.truncate(path, 10)
             with pytest.raises(NotFound):
                 await remover.cas.get(large[0])
         for p in (a, b):
