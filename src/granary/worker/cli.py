@@ -75,6 +75,12 @@ def add_parser(sub) -> None:
                         f" (default {DEFAULT_MAX_PATHS})")
     p.add_argument("--max-input-depth", type=int, default=DEFAULT_MAX_DEPTH,
                    help=f"refuse input trees with more nested directories (default {DEFAULT_MAX_DEPTH})")
+    p.add_argument("--action-memory", metavar="SIZE",
+                   help="address space each process of an action may use, e.g. 2GiB (setrlimit RLIMIT_AS; default:"
+                        " no limit)")
+    p.add_argument("--action-pids", type=int, metavar="N",
+                   help="processes and threads one action may have at once (RLIMIT_NPROC in its own user"
+                        " namespace; bwrap sandbox only; default: no limit)")
     p.add_argument("--name", help="worker name, prefix of bot ids (default: host name); give each worker its own:"
                    " a worker restarted with the same name takes over (and gives back) its old leases")
     p.add_argument("--shutdown-grace", type=float, default=30.0,
@@ -112,6 +118,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     for flag, value in (("--max-input-paths", args.max_input_paths), ("--max-input-depth", args.max_input_depth)):
         if value < 1:
             raise ConfigError(f"{flag}: expected 1 or more, got {value}")
+    from granary.worker.limits import ActionLimits
+
+    if args.action_pids is not None and args.action_pids < 1:
+        raise ConfigError(f"--action-pids: expected 1 or more, got {args.action_pids}")
+    memory = None if args.action_memory is None else parse_size(args.action_memory, "--action-memory")
+    if memory is not None and memory < 1 << 20:
+        raise ConfigError(f"--action-memory: expected at least 1MiB, got {args.action_memory}")
+    try:
+        action_limits = ActionLimits.make(memory, args.action_pids)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     cfg = WorkerConfig(
         server=args.server,
         instance=args.instance,
@@ -125,6 +142,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         max_idle=parse_max_idle(args.max_idle),
         action_user=parse_action_user(args.action_uid, os.geteuid()),
         input_limits=InputLimits(args.max_input_paths, args.max_input_depth),
+        action_limits=action_limits,
         credentials=Credentials(
             tls_ca=args.tls_ca, tls_client_cert=args.tls_client_cert, tls_client_key=args.tls_client_key,
             tls_server_name=args.tls_server_name,

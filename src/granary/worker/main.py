@@ -33,6 +33,7 @@ from granary.worker.bot import BotConfig, BotSession, Shutdown
 from granary.worker.connect import Credentials, open_channel, wait_until_answered
 from granary.worker.execute import Executor, Trash, remove_tree
 from granary.worker.inputs import InputLimits
+from granary.worker.limits import ActionLimits
 from granary.worker.local_cas import LocalCas
 from granary.worker.logstream import LiveOutput
 from granary.worker.mountview import work_view
@@ -64,6 +65,7 @@ class WorkerConfig:
     max_idle: float | None = None  # seconds without a lease after which the worker leaves (None: never)
     action_user: ActionUser | None = field(default_factory=default_user)  # None: the worker's own uid
     input_limits: InputLimits = field(default_factory=InputLimits)
+    action_limits: ActionLimits = field(default_factory=ActionLimits)  # --action-memory, --action-pids
     credentials: Credentials = field(default_factory=Credentials)  # TLS files and the auth header
 
 
@@ -110,7 +112,11 @@ class Worker:
             input_limits=cfg.input_limits,
             trash=self.trash,
             live_output=LiveOutput(bs_grpc.ByteStreamStub(self.channel)),
+            limits=cfg.action_limits,
         )
+        if cfg.action_limits.pids is not None and sandbox.name != "bwrap":
+            log.warning("--action-pids %d is not enforced: it needs the bwrap sandbox (sandbox here: %s)",
+                        cfg.action_limits.pids, sandbox.name)
         props = properties(cfg.properties, sandbox.network_modes)
         prefix = cfg.name if cfg.named else f"{cfg.name}-{os.getpid()}"
         self.sessions = [
