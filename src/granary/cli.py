@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # configuration models, server modules or other commands' flags; the server processes what
 # their supervisor imported for them (granary.preload).
 
-OWN_PARSERS = ("serve", "cleanup", "fsck", "worker", "config", "status", "builds", "build")  # commands whose parser is built alone
+OWN_PARSERS = ("serve", "cleanup", "fsck", "worker", "config", "status", "queue", "builds", "build")  # commands whose parser is built alone
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -80,6 +80,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         from granary import status_cli
 
         status_cli.add_parser(sub)
+    if "queue" in wanted:
+        from granary import queue_cli
+
+        queue_cli.add_parser(sub)
     if "builds" in wanted or "build" in wanted:
         from granary.bes import cli as bes_cli
 
@@ -192,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             from granary import status_cli
 
             return status_cli.cmd_status(args)
+        if args.command == "queue":
+            from granary import queue_cli
+
+            return queue_cli.cmd_queue(args)
         if args.command in ("builds", "build"):
             from granary.bes import cli as bes_cli
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,22 @@ def parse_action_user(text: str | None, euid: int) -> ActionUser | None:
     return ActionUser(uid, gid)
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_max_idle(text: str | None) -> float | None:
+    """--max-idle 10m (30s, 1h, or seconds); None or 0 means never. Parsed here rather than with
+    granary.config_values, which would load the configuration models into every worker."""
+    if text is None:
+        return None
+    m = _DURATION.match(text)
+    if not m:
+        raise ConfigError(f"--max-idle: expected a duration like 30s, 10m or 600 (seconds), got {text!r}")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    return seconds or None
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("worker", help="run actions for a Granary (or any Remote Workers API) server")
     p.add_argument("--server", required=True, help="server address: HOST:PORT, grpc://HOST:PORT or grpcs://HOST:PORT")
@@ -58,10 +75,19 @@ def add_parser(sub) -> None:
                         f" (default {DEFAULT_MAX_PATHS})")
     p.add_argument("--max-input-depth", type=int, default=DEFAULT_MAX_DEPTH,
                    help=f"refuse input trees with more nested directories (default {DEFAULT_MAX_DEPTH})")
+    p.add_argument("--action-memory", metavar="SIZE",
+                   help="address space each process of an action may use, e.g. 2GiB (setrlimit RLIMIT_AS; default:"
+                        " no limit)")
+    p.add_argument("--action-pids", type=int, metavar="N",
+                   help="processes and threads one action may have at once (RLIMIT_NPROC in its own user"
+                        " namespace; bwrap sandbox only; default: no limit)")
     p.add_argument("--name", help="worker name, prefix of bot ids (default: host name); give each worker its own:"
                    " a worker restarted with the same name takes over (and gives back) its old leases")
     p.add_argument("--shutdown-grace", type=float, default=30.0,
                    help="seconds running actions may finish after SIGTERM (default 30)")
+    p.add_argument("--max-idle", metavar="DURATION",
+                   help="exit (status 0) after holding no lease for this long, e.g. 10m: for short-lived cloud"
+                        " workers (default: never)")
     p.add_argument("--tls-ca", type=Path, help="PEM CA bundle the server's certificate must chain to"
                    " (implies TLS; default with grpcs://: the system roots)")
     p.add_argument("--tls-client-cert", type=Path, help="PEM client certificate, for servers that want mTLS")
@@ -92,6 +118,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     for flag, value in (("--max-input-paths", args.max_input_paths), ("--max-input-depth", args.max_input_depth)):
         if value < 1:
             raise ConfigError(f"{flag}: expected 1 or more, got {value}")
+    from granary.worker.limits import ActionLimits
+
+    if args.action_pids is not None and args.action_pids < 1:
+        raise ConfigError(f"--action-pids: expected 1 or more, got {args.action_pids}")
+    memory = None if args.action_memory is None else parse_size(args.action_memory, "--action-memory")
+    if memory is not None and memory < 1 << 20:
+        raise ConfigError(f"--action-memory: expected at least 1MiB, got {args.action_memory}")
+    try:
+        action_limits = ActionLimits.make(memory, args.action_pids)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     cfg = WorkerConfig(
         server=args.server,
         instance=args.instance,
@@ -102,8 +139,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         sandbox=args.sandbox,
         sandbox_paths=tuple(args.sandbox_path),
         shutdown_grace=args.shutdown_grace,
+        max_idle=parse_max_idle(args.max_idle),
         action_user=parse_action_user(args.action_uid, os.geteuid()),
         input_limits=InputLimits(args.max_input_paths, args.max_input_depth),
+        action_limits=action_limits,
         credentials=Credentials(
             tls_ca=args.tls_ca, tls_client_cert=args.tls_client_cert, tls_client_key=args.tls_client_key,
             tls_server_name=args.tls_server_name,

@@ -30,6 +30,7 @@ from granary.digest import BlobDigest
 from granary.errors import FailedPrecondition, GranaryError, InvalidArgument
 from granary.services.status import rich_status
 from granary.worker.inputs import InputLimits, Staging, materialise
+from granary.worker.limits import ActionLimits
 from granary.worker.local_cas import LocalCas
 from granary.worker.logstream import LiveOutput
 from granary.worker.outputs import Collector, collect, output_parents
@@ -120,6 +121,7 @@ class Executor:
     input_limits: InputLimits = field(default_factory=InputLimits)
     trash: Trash | None = None  # None: work directories are removed before the result is returned
     live_output: LiveOutput | None = None  # None: actions' output is not streamed while they run
+    limits: ActionLimits = field(default_factory=ActionLimits)  # --action-memory, --action-pids
 
     def staging(self) -> Staging:
         """Hardlinks from the cache only for another uid than the cache's owner; copies otherwise."""
@@ -226,6 +228,9 @@ class ActionRun:
         env.setdefault("PATH", DEFAULT_PATH)
         env_fd = environment_fd(env, reaper=self.ex.sandbox.reaper)
         timeout = action.timeout.ToTimedelta().total_seconds() if action.HasField("timeout") else 0
+        limits = self.ex.limits
+        # the process limit only inside bubblewrap's own user namespace, with the host's prlimit visible
+        pids_applied = limits.pids is not None and self.ex.sandbox.name == "bwrap" and not layout.filesystem_image
         try:
             if layout.filesystem_image:
                 rel_cwd = check_relative(command.working_directory, "working_directory")
@@ -234,7 +239,9 @@ class ActionRun:
                 log.info("command %s runs with its input root as / (a filesystem image)",
                          action.command_digest.hash)
             else:
-                argv = self.ex.sandbox.wrap(list(command.arguments), root, cwd, network, env_fd)
+                argv = self.ex.sandbox.wrap(limits.inner(list(command.arguments), pids_applied), root, cwd, network,
+                                            env_fd)
+            argv = limits.outer(argv)
             self.meta.execution_start_timestamp.CopyFrom(now())
             live = None
             if self.ex.live_output is not None and any(self.streams):
@@ -258,6 +265,9 @@ class ActionRun:
         collected = collect(root, command, function, layout.filesystem_image)
         self.result.MergeFrom(collected.result)
         self.result.exit_code = outcome.exit_code
+        if limits and outcome.exit_code != 0 and not outcome.timed_out:
+            with open(work / "stderr", "a") as err:
+                err.write(limits.note(outcome.exit_code, pids_applied))
         std = Collector(work, function)
         self.result.stdout_digest.CopyFrom(_proto(std.add_file(str(work / "stdout"))))
         self.result.stderr_digest.CopyFrom(_proto(std.add_file(str(work / "stderr"))))

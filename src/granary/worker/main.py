@@ -9,6 +9,10 @@ First SIGTERM/SIGINT: stop taking work, let running actions finish for up to
 --shutdown-grace seconds, report them, leave. Second signal (or the grace
 running out): kill running actions, report them UNAVAILABLE so the server
 can re-queue them, leave.
+
+--max-idle: once no slot has held a lease for that long, the worker stops as on
+SIGTERM (nothing is running, so it leaves at once) and exits 0, so a cloud
+instance or a pod that is no longer needed goes away by itself.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +33,7 @@ from granary.worker.bot import BotConfig, BotSession, Shutdown
 from granary.worker.connect import Credentials, open_channel, wait_until_answered
 from granary.worker.execute import Executor, Trash, remove_tree
 from granary.worker.inputs import InputLimits
+from granary.worker.limits import ActionLimits
 from granary.worker.local_cas import LocalCas
 from granary.worker.logstream import LiveOutput
 from granary.worker.mountview import work_view
@@ -56,8 +62,10 @@ class WorkerConfig:
     named: bool = False  # name given (--name): bot ids omit the pid, so a restart comes back as the same bots
     poll_timeout: float = 60.0
     shutdown_grace: float = 30.0
+    max_idle: float | None = None  # seconds without a lease after which the worker leaves (None: never)
     action_user: ActionUser | None = field(default_factory=default_user)  # None: the worker's own uid
     input_limits: InputLimits = field(default_factory=InputLimits)
+    action_limits: ActionLimits = field(default_factory=ActionLimits)  # --action-memory, --action-pids
     credentials: Credentials = field(default_factory=Credentials)  # TLS files and the auth header
 
 
@@ -81,6 +89,7 @@ class Worker:
     def __init__(self, cfg: WorkerConfig):
         self.cfg = cfg
         self.shutdown = Shutdown()
+        self.idle_exit = False  # stopped by --max-idle
         work_dir = cfg.work_dir or cfg.cache_dir.parent / "work"
         self.work_dir = work_dir / f"{os.getpid()}"
         remove_stale_work_dirs(self.work_dir.parent)
@@ -103,7 +112,11 @@ class Worker:
             input_limits=cfg.input_limits,
             trash=self.trash,
             live_output=LiveOutput(bs_grpc.ByteStreamStub(self.channel)),
+            limits=cfg.action_limits,
         )
+        if cfg.action_limits.pids is not None and sandbox.name != "bwrap":
+            log.warning("--action-pids %d is not enforced: it needs the bwrap sandbox (sandbox here: %s)",
+                        cfg.action_limits.pids, sandbox.name)
         props = properties(cfg.properties, sandbox.network_modes)
         prefix = cfg.name if cfg.named else f"{cfg.name}-{os.getpid()}"
         self.sessions = [
@@ -131,16 +144,38 @@ class Worker:
         threads = [threading.Thread(target=s.run, name=s.cfg.bot_id, daemon=True) for s in self.sessions]
         for t in threads:
             t.start()
+        idle_since = time.monotonic()
         try:
             for t in threads:
                 # A bounded join: SIGTERM may be delivered to one of gRPC's threads, and Python runs
                 # its handler only when the main thread wakes; an unbounded join could sleep forever.
                 while t.is_alive():
                     t.join(1.0)
+                    idle_since = self._check_idle(idle_since)
         finally:
             self.channel.close()
             self.trash.close()
             remove_tree(self.work_dir)
+
+
+    def busy(self) -> bool:
+        """Whether any slot holds a lease (running, or finished and not yet reported)."""
+        return any(s.tasks for s in self.sessions)
+
+    def _check_idle(self, idle_since: float) -> float:
+        """Stop the worker once it has held no lease for --max-idle; returns when idleness began.
+        A lease offered at the very moment of stopping is given back (as while draining), so the
+        server re-queues it at once: leaving when idle never loses work."""
+        now = time.monotonic()
+        if self.cfg.max_idle is None or self.shutdown.draining.is_set():
+            return now
+        if self.busy():
+            return now
+        if now - idle_since >= self.cfg.max_idle:
+            log.info("worker %s: no lease for %gs (--max-idle); leaving", self.cfg.name, self.cfg.max_idle)
+            self.idle_exit = True
+            self.stop()
+        return idle_since
 
 
 def remove_stale_work_dirs(parent: Path) -> None:
@@ -173,4 +208,6 @@ def run(cfg: WorkerConfig) -> int:
         return 0
     print(f"granary: worker {cfg.name} serving {cfg.server} with {cfg.concurrency} slot(s)", flush=True)
     worker.run()
+    if worker.idle_exit:  # on stdout, as the line that announced it: an expected end, not a problem
+        print(f"granary: worker {cfg.name} held no lease for {cfg.max_idle:g}s (--max-idle); exiting", flush=True)
     return 0
