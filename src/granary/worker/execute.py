@@ -7,6 +7,7 @@ only has to pass results on.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -53,6 +54,22 @@ def now() -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(time.time_ns())  # GetCurrentTime goes through datetime and calendar: 6% of the worker
     return ts
+
+
+FULL_BELOW = 1 << 20  # bytes free under which a work filesystem counts as full
+
+
+def work_filesystem_full(path: Path) -> str | None:
+    """Why the filesystem of an action's work directory counts as full (a failed write there is the
+    host's problem, not the action's), or None."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free < FULL_BELOW or (st.f_files and st.f_favail == 0):
+        return f"{free} bytes and {st.f_favail} inodes free under {path.parent}"
+    return None
 
 
 def missing_status(e: MissingBlobs) -> status_pb2.Status:
@@ -171,6 +188,15 @@ class ActionRun:
                                        message=f"worker could not reach the CAS: {e.code().name}: {e.details()}")
         except UploadError as e:
             status = status_pb2.Status(code=grpc.StatusCode.UNAVAILABLE.value[0], message=f"output upload: {e}")
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                log.exception("action failed inside the worker")
+                status = status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0],
+                                           message=f"worker error: {type(e).__name__}: {e}")
+            else:
+                log.warning("action not run: worker %s is out of disk space: %s", self.ex.worker_name, e)
+                status = status_pb2.Status(code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                                           message=f"worker {self.ex.worker_name} is out of disk space: {e}")
         except Exception as e:  # a worker bug or a host problem: report it, keep the worker alive
             log.exception("action failed inside the worker")
             status = status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0],
@@ -265,6 +291,7 @@ class ActionRun:
         collected = collect(root, command, function, layout.filesystem_image)
         self.result.MergeFrom(collected.result)
         self.result.exit_code = outcome.exit_code
+        full = work_filesystem_full(work) if outcome.exit_code != 0 and not outcome.timed_out else None
         if limits and outcome.exit_code != 0 and not outcome.timed_out:
             with open(work / "stderr", "a") as err:
                 err.write(limits.note(outcome.exit_code, pids_applied))
@@ -276,6 +303,11 @@ class ActionRun:
         if outcome.timed_out:
             return status_pb2.Status(code=grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
                                      message=f"action timed out after {timeout:g}s; its process group was killed")
+        if full is not None:
+            # not the action's fault as far as anyone can tell: not cached, and clients retry
+            return status_pb2.Status(code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message=(
+                f"the action failed (exit status {outcome.exit_code}) while worker {self.ex.worker_name}'s work"
+                f" filesystem was full ({full}); not cached: run it again (on another worker)"))
         return status_pb2.Status(code=0)
 
     def _prepare(self, root: Path, command: re_pb2.Command, filesystem_image: bool,
