@@ -98,6 +98,17 @@ def add_parser(sub) -> None:
     p.add_argument("--basic-auth-file", type=Path, help="file holding user:password (sent as HTTP Basic)")
     p.add_argument("--auth-header", default="authorization",
                    help="metadata key for the token (default authorization: 'Bearer TOKEN'; e.g. x-granary-token)")
+    p.add_argument("--container-images", choices=("on", "off"), default="on",
+                   help="on (default): with the bwrap sandbox, run actions whose platform has container-image="
+                        "docker://... inside that image (advertised as container-image=docker://*); off: refuse them")
+    p.add_argument("--image-dir", type=Path,
+                   help="where pulled images are unpacked (default: beside the cache dir; emptied at start)")
+    p.add_argument("--image-cache-size", default="10GiB",
+                   help="bound of the unpacked images; least recently used idle images go first (default 10GiB)")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                   help="registry spoken to over plain HTTP (repeatable; loopback hosts always are)")
+    p.add_argument("--registry-credentials", type=Path, metavar="FILE",
+                   help="file of 'HOST[:PORT] USER:PASSWORD' lines: HTTP Basic, or to get a registry token")
     p.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
 
 
@@ -149,6 +160,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
             header=auth_header(args.token_file, args.token_env, args.basic_auth_file, args.auth_header),
         ),
     )
+    from granary.worker.images.registry import read_credentials
+
+    cfg.container_images = args.container_images == "on"
+    cfg.image_dir = args.image_dir
+    cfg.image_cache_size = parse_size(args.image_cache_size, "--image-cache-size")
+    cfg.insecure_registries = tuple(args.insecure_registry)
+    try:
+        cfg.registry_credentials = read_credentials(args.registry_credentials)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--registry-credentials: {e}") from None
     if args.cache_dir is not None:
         cfg.cache_dir = args.cache_dir
     cfg.cache_dir = ensure_writable_dir(cfg.cache_dir, "--cache-dir" if args.cache_dir else "worker cache directory")

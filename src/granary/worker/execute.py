@@ -30,6 +30,8 @@ from granary._proto.build.bazel.remote.execution.v2 import remote_execution_pb2 
 from granary.digest import BlobDigest
 from granary.errors import FailedPrecondition, GranaryError, InvalidArgument
 from granary.services.status import rich_status
+from granary.worker.images import PROPERTY as IMAGE_PROPERTY
+from granary.worker.images import Image, ImageStore
 from granary.worker.inputs import InputLimits, Staging, materialise
 from granary.worker.limits import ActionLimits
 from granary.worker.local_cas import LocalCas
@@ -139,6 +141,7 @@ class Executor:
     trash: Trash | None = None  # None: work directories are removed before the result is returned
     live_output: LiveOutput | None = None  # None: actions' output is not streamed while they run
     limits: ActionLimits = field(default_factory=ActionLimits)  # --action-memory, --action-pids
+    images: ImageStore | None = None  # None: container-image actions are refused
 
     def staging(self) -> Staging:
         """Hardlinks from the cache only for another uid than the cache's owner; copies otherwise."""
@@ -240,17 +243,34 @@ class ActionRun:
         self.meta.input_fetch_start_timestamp.CopyFrom(now())
         action, function, command = self._load()
         self._check()
+        wanted = container_image(action, command)
+        if not wanted:
+            return self._execute(work, action, function, command, None)
+        if self.ex.images is None:
+            raise FailedPrecondition(f"this worker does not run container images (the action asks for {wanted});"
+                                     " it needs the bwrap sandbox and --container-images on")
+        image = self.ex.images.acquire(wanted)
+        try:
+            return self._execute(work, action, function, command, image)
+        finally:
+            self.ex.images.release(image)
+
+    def _execute(self, work: Path, action: re_pb2.Action, function: int, command: re_pb2.Command,
+                 image: Image | None) -> status_pb2.Status:
         root = work / "root"
         root.mkdir()
         input_root = dg.make_digest(function, action.input_root_digest.hash, action.input_root_digest.size_bytes)
         network = wants_network(action, command)
         staging = self.ex.staging()
         layout = materialise(self.ex.remote, self.ex.local, function, input_root, root, staging)
+        if image is not None:
+            layout.filesystem_image = False  # the image is '/', the input root its working directory
         cwd = self._prepare(root, command, layout.filesystem_image, staging.owner)
         self.meta.input_fetch_completed_timestamp.CopyFrom(now())
         self._check()
 
-        env = {e.name: e.value for e in command.environment_variables}
+        env = dict(image.env) if image is not None else {}  # the image's defaults, then the action's own
+        env.update({e.name: e.value for e in command.environment_variables})
         env.setdefault("PATH", DEFAULT_PATH)
         env_fd = environment_fd(env, reaper=self.ex.sandbox.reaper)
         timeout = action.timeout.ToTimedelta().total_seconds() if action.HasField("timeout") else 0
@@ -258,7 +278,13 @@ class ActionRun:
         # the process limit only inside bubblewrap's own user namespace, with the host's prlimit visible
         pids_applied = limits.pids is not None and self.ex.sandbox.name == "bwrap" and not layout.filesystem_image
         try:
-            if layout.filesystem_image:
+            if image is not None:
+                rel_cwd = check_relative(command.working_directory, "working_directory")
+                argv = self.ex.sandbox.wrap_container(list(command.arguments), image.rootfs, root, image.mount,
+                                                      rel_cwd, network, env_fd)
+                cwd = root
+                log.info("command %s runs in container image %s", action.command_digest.hash, image.ref)
+            elif layout.filesystem_image:
                 rel_cwd = check_relative(command.working_directory, "working_directory")
                 argv = self.ex.sandbox.wrap_image(list(command.arguments), root, rel_cwd, network, env_fd)
                 cwd = root  # bubblewrap enters the working directory inside the image
@@ -351,6 +377,15 @@ def wants_network(action: re_pb2.Action, command: re_pb2.Command) -> bool:
     if len(values) > 1:
         raise InvalidArgument(f"platform property {NETWORK_PROPERTY} is given twice: {sorted(values)}")
     return values == {"standard"}
+
+
+def container_image(action: re_pb2.Action, command: re_pb2.Command) -> str:
+    """The container-image the action's platform names ('' for none)."""
+    platform = action.platform if action.platform.properties else command.platform
+    values = sorted({p.value for p in platform.properties if p.name == IMAGE_PROPERTY})
+    if len(values) > 1:
+        raise InvalidArgument(f"platform property {IMAGE_PROPERTY} is given twice: {values}")
+    return values[0] if values else ""
 
 
 def environment_fd(env: dict[str, str], reaper: bool) -> int:

@@ -32,6 +32,9 @@ from granary._proto.google.bytestream import bytestream_pb2_grpc as bs_grpc
 from granary.worker.bot import BotConfig, BotSession, Shutdown
 from granary.worker.connect import Credentials, open_channel, wait_until_answered
 from granary.worker.execute import Executor, Trash, remove_tree
+from granary.worker.images import ANY as ANY_IMAGE
+from granary.worker.images import PROPERTY as IMAGE_PROPERTY
+from granary.worker.images import ImageStore
 from granary.worker.inputs import InputLimits
 from granary.worker.limits import ActionLimits
 from granary.worker.local_cas import LocalCas
@@ -67,6 +70,11 @@ class WorkerConfig:
     input_limits: InputLimits = field(default_factory=InputLimits)
     action_limits: ActionLimits = field(default_factory=ActionLimits)  # --action-memory, --action-pids
     credentials: Credentials = field(default_factory=Credentials)  # TLS files and the auth header
+    container_images: bool = True  # run container-image=docker://... actions (bwrap sandbox only)
+    image_dir: Path | None = None  # default: beside the cache dir
+    image_cache_size: int = 10 << 30
+    insecure_registries: tuple[str, ...] = ()
+    registry_credentials: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def default_concurrency() -> int:
@@ -113,11 +121,14 @@ class Worker:
             trash=self.trash,
             live_output=LiveOutput(bs_grpc.ByteStreamStub(self.channel)),
             limits=cfg.action_limits,
+            images=self._images(sandbox.name),
         )
         if cfg.action_limits.pids is not None and sandbox.name != "bwrap":
             log.warning("--action-pids %d is not enforced: it needs the bwrap sandbox (sandbox here: %s)",
                         cfg.action_limits.pids, sandbox.name)
         props = properties(cfg.properties, sandbox.network_modes)
+        if self.executor.images is not None:
+            props = list(dict.fromkeys([*props, (IMAGE_PROPERTY, ANY_IMAGE)]))
         prefix = cfg.name if cfg.named else f"{cfg.name}-{os.getpid()}"
         self.sessions = [
             BotSession(self.channel, self.executor,
@@ -126,6 +137,18 @@ class Worker:
         ]
         log.info("worker %s: %d slot(s), sandbox %s, platform %s", cfg.name, cfg.concurrency, sandbox.name,
                  ", ".join(f"{k}={v}" for k, v in props))
+
+    def _images(self, sandbox: str) -> ImageStore | None:
+        """The image store, when this worker can run container images (it needs bubblewrap)."""
+        cfg = self.cfg
+        if not cfg.container_images:
+            return None
+        if sandbox != "bwrap":
+            log.info("container images are off: they need the bwrap sandbox (sandbox here: %s)", sandbox)
+            return None
+        directory = cfg.image_dir or cfg.cache_dir.parent / "images"
+        remove_stale_work_dirs(directory)  # of worker processes that are gone
+        return ImageStore(directory / str(os.getpid()), cfg.image_cache_size, cfg.insecure_registries, cfg.registry_credentials)
 
     def stop(self, abandon: bool = False) -> None:
         """Begin a clean shutdown (abandon: kill running actions now)."""

@@ -75,6 +75,7 @@ ETC_ENTRIES = (
     "java-*", "python3*", "perl", "gitconfig", "inputrc", "bash.bashrc", "profile", "environment",
 )
 LAUNCHER_INPUT = "/granary-input"  # where the launcher shows the input root to the unprivileged bwrap
+LAUNCHER_IMAGE = "/granary-image"  # where it shows a container image's root filesystem
 NETWORK_PROPERTY = "dockerNetwork"
 NETWORK_VALUES = ("off", "standard")
 NOBODY = 65534
@@ -102,6 +103,12 @@ class Sandbox(Protocol):
         """Filesystem image: root becomes '/', cwd is relative to it ('' for '/')."""
         ...
 
+    def wrap_container(self, argv: list[str], rootfs: Path, root: Path, mount: str, cwd: str, network: bool,
+                       env_fd: int) -> list[str]:
+        """Container image: rootfs (read-only) becomes '/', the input root is mounted at `mount` inside
+        it, cwd is relative to the input root."""
+        ...
+
 
 def reaper_argv(argv: list[str], user: ActionUser | None, env_fd: int) -> list[str]:
     script = str(Path(__file__).with_name("reaper.py"))
@@ -126,6 +133,13 @@ class NoSandbox:
             "the input root is a whole filesystem (it holds the empty mount points 'dev' and 'proc'), so the"
             " action must run with it as '/', which needs the bubblewrap sandbox; this worker runs actions as"
             " plain processes (start it with --sandbox=bwrap where bubblewrap works)"
+        )
+
+    def wrap_container(self, argv: list[str], rootfs: Path, root: Path, mount: str, cwd: str, network: bool = True,
+                       env_fd: int = -1) -> list[str]:
+        raise FailedPrecondition(
+            "the action asks for a container image (platform property container-image), which needs the bubblewrap"
+            " sandbox; this worker runs actions as plain processes (start it with --sandbox=bwrap)"
         )
 
 
@@ -179,7 +193,7 @@ class Bubblewrap:
         return [self.setpriv, "--reuid", str(self.user.uid), "--regid", str(self.user.gid), "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
 
-    def _source(self, root: Path) -> str | None:
+    def _source(self, root: Path | str) -> str | None:
         """Where the action uid's bubblewrap finds the input root (None: out of its reach)."""
         if self.user is None:
             return str(root)
@@ -193,7 +207,7 @@ class Bubblewrap:
                 return c
         return None
 
-    def _launcher(self, root: Path) -> list[str]:
+    def _launcher(self, root: Path, rootfs: Path | None = None) -> list[str]:
         """Root's part: show the system and the input root where the action uid can reach them, drop to it."""
         if self.user is None:
             return []
@@ -213,6 +227,7 @@ class Bubblewrap:
             "--dev-bind", "/dev", "/dev",
             "--tmpfs", "/tmp",  # where the inner bwrap mounts its new root
             "--bind", str(root), LAUNCHER_INPUT,
+            *(["--ro-bind", str(rootfs), LAUNCHER_IMAGE] if rootfs is not None else []),
             "--",
             *self._setpriv(),
         ]
@@ -244,6 +259,26 @@ class Bubblewrap:
             "--proc", "/proc",
             "--dev", "/dev",
             "--chdir", "/" + cwd,
+            "--",
+            *argv,
+        ]
+
+    def wrap_container(self, argv: list[str], rootfs: Path, root: Path, mount: str, cwd: str, network: bool = False,
+                       env_fd: int = -1) -> list[str]:
+        source, image = self._source(root), self._source(rootfs)
+        if source is None or image is None:  # the launcher shows both where the action uid reaches them
+            start, source, image = self._launcher(root, rootfs), LAUNCHER_INPUT, LAUNCHER_IMAGE
+        else:
+            start = self._setpriv() if self.user is not None else []
+        return [
+            *start,
+            *self._namespaces(network, env_fd),
+            "--ro-bind", image, "/",
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--tmpfs", "/tmp",
+            "--bind", source, mount,
+            "--chdir", mount.rstrip("/") + ("/" + cwd if cwd else ""),
             "--",
             *argv,
         ]

@@ -1,0 +1,169 @@
+"""A real registry (Debian's docker-registry) on loopback, and images the tests build themselves.
+
+Images are root filesystems made from busybox-static (/bin/busybox and its applet links), packed
+into gzip tar layers and an OCI/Docker v2 manifest by the code below and pushed with the Registry
+HTTP API v2 (monolithic blob uploads, manifest PUT).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+BUSYBOX = "/bin/busybox"
+APPLETS = ("sh", "cat", "echo", "ls", "mkdir", "cp", "env", "pwd", "test", "true", "false", "id", "rm", "touch")
+
+
+def have_registry() -> bool:
+    return shutil.which("docker-registry") is not None and Path(BUSYBOX).is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Registry:
+    host: str  # 127.0.0.1:PORT
+    storage: Path  # the registry's filesystem storage
+
+    def corrupt(self, digest: str) -> None:
+        """Alter a stored blob in place (same size): the registry serves it as it is, unchecked."""
+        hexd = digest.partition(":")[2]
+        data = self.storage / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+        blob = bytearray(data.read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        data.write_bytes(bytes(blob))
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}/v2/{path}"
+
+    def push_blob(self, repo: str, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        req = urllib.request.Request(self.url(f"{repo}/blobs/uploads/"), method="POST", data=b"")
+        with urllib.request.urlopen(req) as r:
+            location = r.headers["Location"]
+        if location.startswith("/"):
+            location = f"http://{self.host}{location}"
+        sep = "&" if "?" in location else "?"
+        req = urllib.request.Request(f"{location}{sep}digest={digest}", method="PUT", data=data,
+                                     headers={"Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(req):
+            pass
+        return digest
+
+    def push_manifest(self, repo: str, ref: str, body: bytes, media_type: str) -> str:
+        req = urllib.request.Request(self.url(f"{repo}/manifests/{ref}"), method="PUT", data=body,
+                                     headers={"Content-Type": media_type})
+        with urllib.request.urlopen(req):
+            pass
+        return "sha256:" + hashlib.sha256(body).hexdigest()
+
+    def push_image(self, repo: str, tag: str, layers: list[bytes], env: list[str] | None = None,
+                   workdir: str = "") -> str:
+        """Push layers (gzip tars), a config and a manifest; returns the manifest digest."""
+        descs = []
+        for layer in layers:
+            digest = self.push_blob(repo, layer)
+            descs.append({"mediaType": DOCKER_LAYER, "size": len(layer), "digest": digest})
+        config = json.dumps({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": env or [], "WorkingDir": workdir},
+            "rootfs": {"type": "layers", "diff_ids": []},
+        }).encode()
+        cdigest = self.push_blob(repo, config)
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG, "size": len(config), "digest": cdigest},
+            "layers": descs,
+        }).encode()
+        return self.push_manifest(repo, tag, manifest, DOCKER_MANIFEST)
+
+    def push_list(self, repo: str, tag: str, entries: list[tuple[str, str, str]]) -> str:
+        """A manifest list of (os, architecture, manifest digest) already in repo."""
+        manifests = []
+        for os_name, arch, digest in entries:
+            with urllib.request.urlopen(urllib.request.Request(
+                    self.url(f"{repo}/manifests/{digest}"), headers={"Accept": DOCKER_MANIFEST})) as r:
+                size = len(r.read())
+            manifests.append({"mediaType": DOCKER_MANIFEST, "size": size, "digest": digest,
+                              "platform": {"os": os_name, "architecture": arch}})
+        body = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": manifests}).encode()
+        return self.push_manifest(repo, tag, body, DOCKER_LIST)
+
+
+@contextmanager
+def start_registry(tmp: Path) -> Iterator[Registry]:
+    """`docker-registry serve CONFIG` on a free loopback port, storage under tmp."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = tmp / "registry.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {tmp / 'storage'}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    log = open(tmp / "registry.log", "wb")  # noqa: SIM115 - closed after the process
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"docker-registry did not start: {(tmp / 'registry.log').read_text()}")
+                time.sleep(0.1)
+        yield Registry(f"127.0.0.1:{port}", tmp / "storage")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def tar_layer(files: dict[str, bytes | str | None], busybox: bool = False) -> bytes:
+    """A gzip tar layer. files: path -> content (bytes), symlink target ('->TARGET' str), or None for a
+    directory. busybox: add bin/busybox and its applet links."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        def add(name: str, content: bytes | str | None, mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.mtime = 0
+            if content is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            elif isinstance(content, str):
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, content.removeprefix("->"), 0o777
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(content), mode
+                tar.addfile(info, io.BytesIO(content))
+
+        if busybox:
+            add("bin", None)
+            add("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
+            for applet in APPLETS:
+                add(f"bin/{applet}", "->busybox")
+        for name, content in files.items():
+            add(name, content)
+    return gzip.compress(raw.getvalue(), mtime=0)
