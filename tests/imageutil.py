@@ -7,6 +7,7 @@ HTTP API v2 (monolithic blob uploads, manifest PUT).
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
@@ -45,6 +46,12 @@ def free_port() -> int:
 class Registry:
     host: str  # 127.0.0.1:PORT
     storage: Path  # the registry's filesystem storage
+    basic: str = ""  # Authorization header for pushes ("" when the registry needs none)
+
+    def _open(self, req: urllib.request.Request):
+        if self.basic:
+            req.add_header("Authorization", self.basic)
+        return urllib.request.urlopen(req)
 
     def corrupt(self, digest: str) -> None:
         """Alter a stored blob in place (same size): the registry serves it as it is, unchecked."""
@@ -60,21 +67,21 @@ class Registry:
     def push_blob(self, repo: str, data: bytes) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         req = urllib.request.Request(self.url(f"{repo}/blobs/uploads/"), method="POST", data=b"")
-        with urllib.request.urlopen(req) as r:
+        with self._open(req) as r:
             location = r.headers["Location"]
         if location.startswith("/"):
             location = f"http://{self.host}{location}"
         sep = "&" if "?" in location else "?"
         req = urllib.request.Request(f"{location}{sep}digest={digest}", method="PUT", data=data,
                                      headers={"Content-Type": "application/octet-stream"})
-        with urllib.request.urlopen(req):
+        with self._open(req):
             pass
         return digest
 
     def push_manifest(self, repo: str, ref: str, body: bytes, media_type: str) -> str:
         req = urllib.request.Request(self.url(f"{repo}/manifests/{ref}"), method="PUT", data=body,
                                      headers={"Content-Type": media_type})
-        with urllib.request.urlopen(req):
+        with self._open(req):
             pass
         return "sha256:" + hashlib.sha256(body).hexdigest()
 
@@ -102,7 +109,7 @@ class Registry:
         """A manifest list of (os, architecture, manifest digest) already in repo."""
         manifests = []
         for os_name, arch, digest in entries:
-            with urllib.request.urlopen(urllib.request.Request(
+            with self._open(urllib.request.Request(
                     self.url(f"{repo}/manifests/{digest}"), headers={"Accept": DOCKER_MANIFEST})) as r:
                 size = len(r.read())
             manifests.append({"mediaType": DOCKER_MANIFEST, "size": size, "digest": digest,
@@ -112,15 +119,22 @@ class Registry:
 
 
 @contextmanager
-def start_registry(tmp: Path) -> Iterator[Registry]:
-    """`docker-registry serve CONFIG` on a free loopback port, storage under tmp."""
+def start_registry(tmp: Path, user: tuple[str, str] | None = None) -> Iterator[Registry]:
+    """`docker-registry serve CONFIG` on a free loopback port, storage under tmp; with user, the
+    registry wants that user and password (htpasswd: HTTP Basic)."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = tmp / "registry.yml"
+    auth = ""
+    if user is not None:
+        import bcrypt
+
+        (tmp / "htpasswd").write_text(f"{user[0]}:{bcrypt.hashpw(user[1].encode(), bcrypt.gensalt(5)).decode()}\n")
+        auth = f"auth:\n  htpasswd:\n    realm: granary-test\n    path: {tmp / 'htpasswd'}\n"
     config.write_text(
         "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
         f"    rootdirectory: {tmp / 'storage'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n" + auth
     )
     log = open(tmp / "registry.log", "wb")  # noqa: SIM115 - closed after the process
     proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
@@ -130,11 +144,16 @@ def start_registry(tmp: Path) -> Iterator[Registry]:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2):
                     break
+            except urllib.error.HTTPError as e:
+                if e.code == 401:  # up, and wants credentials
+                    break
+                raise
             except (urllib.error.URLError, ConnectionError):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"docker-registry did not start: {(tmp / 'registry.log').read_text()}")
                 time.sleep(0.1)
-        yield Registry(f"127.0.0.1:{port}", tmp / "storage")
+        basic = "Basic " + base64.b64encode(":".join(user).encode()).decode() if user else ""
+        yield Registry(f"127.0.0.1:{port}", tmp / "storage", basic)
     finally:
         proc.terminate()
         proc.wait(10)

@@ -14,13 +14,14 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from imageutil import have_registry, start_registry, tar_layer
 from rwapi import ExecClient, final
 from serverutil import start_granary
 
 from granary.worker.images import ImageStore
-from granary.worker.images.registry import PullError
+from granary.worker.images.registry import PullError, read_credentials
 
 pytestmark = [
     pytest.mark.skipif(not have_registry(), reason="docker-registry or busybox-static is not installed"),
@@ -162,6 +163,27 @@ def test_symlinks_in_layers_never_lead_a_write_outside(reg, tmp_path):
     assert (image.rootfs / "tmp/pwned").read_text() == "y"  # '..' stops at the image's root
 
 
+def test_basic_auth_registry(tmp_path):
+    with start_registry(tmp_path / "registry", user=("puller", "s3cret")) as r:
+        r.push_image("private/img", "v1", [tar_layer({"etc": None, "etc/granary-image": b"private\n"})])
+        ref = f"docker://{r.host}/private/img:v1"
+        with pytest.raises(PullError, match=r"private/img:v1 could not be pulled: HTTP 401"):
+            store(tmp_path / "anonymous").acquire(ref)
+        with pytest.raises(PullError, match=r"HTTP 401"):
+            store(tmp_path / "wrong", credentials={r.host: ("puller", "nope")}).acquire(ref)
+        image = store(tmp_path / "right", credentials={r.host: ("puller", "s3cret")}).acquire(ref)
+        assert (image.rootfs / "etc/granary-image").read_text() == "private\n"
+
+
+def test_registry_credentials_file(tmp_path):
+    f = tmp_path / "creds"
+    f.write_text("# registries\nreg.example:5000 alice:pa:ss\n\nother.example bob:x\n")
+    assert read_credentials(f) == {"reg.example:5000": ("alice", "pa:ss"), "other.example": ("bob", "x")}
+    f.write_text("reg.example alice\n")
+    with pytest.raises(ValueError, match="USER:PASSWORD"):
+        read_credentials(f)
+
+
 # ---- end to end: a server, a worker that runs images, an action --------------------------------
 
 
@@ -246,3 +268,34 @@ def test_matching_rule_for_container_image():
         " (no worker has property 'container-image')")
     assert not runs_images.satisfies((("container-image", "oci://x/y"),))  # only docker:// is wildcarded
     assert not runs_images.satisfies((("other", "docker://x/y"),))
+
+
+def test_action_no_worker_can_run_is_refused(tmp_path):
+    server = start_granary(tmp_path / "server", CONFIG)
+    w = subprocess.Popen(
+        [sys.executable, "-m", "granary", "worker", "--server", server.address, "--name", "plain",
+         "--cache-dir", str(tmp_path / "cache"), "--concurrency", "1", "--sandbox", "bwrap",
+         "--container-images", "off"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": SRC})
+    try:
+        assert w.stdout is not None and "serving" in w.stdout.readline()
+        client = ExecClient(server.address)
+        image = "docker://127.0.0.1:5000/demo/busybox:1"
+        deadline = time.monotonic() + 30
+        while True:  # until the worker's bot session is registered
+            try:
+                ops = list(client.execute(client.action(["/bin/sh", "-c", "true"],
+                                                        platform=[("container-image", image)])[0], timeout=60))
+                raise AssertionError(f"executed: {ops[-1]}")
+            except grpc.RpcError as e:
+                if "no worker is registered" in (e.details() or "") and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert e.details().endswith(f"no worker can satisfy platform property container-image={image}"
+                                            " (no worker has property 'container-image')"), e.details()
+                break
+    finally:
+        w.terminate()
+        w.wait(60)
+        server.stop()

@@ -157,7 +157,7 @@ class ImageStore:
 
     def _evict(self) -> None:
         """Drop least recently used idle images while over the size bound."""
-        doomed: list[Image] = []
+        doomed: list[tuple[Image, Path]] = []
         with self._lock:
             total = sum(e.image.size for e in self._images.values())
             for digest, entry in sorted(self._images.items(), key=lambda kv: kv[1].used):
@@ -168,10 +168,13 @@ class ImageStore:
                 del self._images[digest]
                 self._tags = {k: v for k, v in self._tags.items() if v[0] != digest}
                 total -= entry.image.size
-                doomed.append(entry.image)
-        for image in doomed:
+                # out of the way at once (a new pull of it may rename into the same place)
+                gone = self.dir / "tmp" / f"evicted-{uuid.uuid4().hex}"
+                os.rename(entry.image.rootfs.parent, gone)
+                doomed.append((entry.image, gone))
+        for image, gone in doomed:
             log.info("evicting container image %s (%d bytes)", image.ref, image.size)
-            shutil.rmtree(image.rootfs.parent, ignore_errors=True)
+            shutil.rmtree(gone, ignore_errors=True)
 
     # ---- pull -------------------------------------------------------------------------
 
