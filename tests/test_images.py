@@ -111,13 +111,14 @@ def test_concurrent_requests_pull_once(reg, tmp_path):
     got: list[str] = []
     errors: list[BaseException] = []
 
-    def take() -> None:
+    def take(ref: str) -> None:
         try:
-            got.append(s.acquire(f"docker://{reg.host}/test/two:v1").digest)
+            got.append(s.acquire(ref).digest)
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=take) for _ in range(8)]
+    refs = [f"docker://{reg.host}/test/two:v1", f"docker://{reg.host}/test/two@{reg.two}"]  # the same image
+    threads = [threading.Thread(target=take, args=(refs[i % 2],)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:

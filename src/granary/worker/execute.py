@@ -276,7 +276,8 @@ class ActionRun:
         timeout = action.timeout.ToTimedelta().total_seconds() if action.HasField("timeout") else 0
         limits = self.ex.limits
         # the process limit only inside bubblewrap's own user namespace, with the host's prlimit visible
-        pids_applied = limits.pids is not None and self.ex.sandbox.name == "bwrap" and not layout.filesystem_image
+        pids_applied = (limits.pids is not None and self.ex.sandbox.name == "bwrap" and not layout.filesystem_image
+                        and image is None)
         try:
             if image is not None:
                 rel_cwd = check_relative(command.working_directory, "working_directory")

@@ -87,6 +87,7 @@ class ImageStore:
         self.pulls = 0  # images downloaded and unpacked (for tests and logs)
         self._lock = threading.Lock()
         self._ref_locks: dict[str, threading.Lock] = {}
+        self._digest_locks: dict[str, threading.Lock] = {}
         self._images: dict[str, _Entry] = {}  # manifest digest -> entry
         self._tags: dict[str, tuple[str, float]] = {}  # ref text -> (digest, when resolved)
         self._failed: dict[str, tuple[str, float]] = {}  # ref text -> (message, when)
@@ -116,15 +117,12 @@ class ImageStore:
                 self._fail(ref, str(e))
             except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as e:
                 self._fail(ref, _describe(e))
-            with self._lock:
+            with self._lock:  # _pull registered the image and holds it for us
                 self._failed.pop(ref.text, None)
                 if not ref.digest:
                     self._tags[ref.text] = (image.digest, time.monotonic())
-                if image.digest not in self._images:
-                    self._images[image.digest] = _Entry(image)
-                entry = self._hold(image.digest)
             self._evict()
-            return entry
+            return image
 
     def release(self, image: Image) -> None:
         with self._lock:
@@ -193,9 +191,19 @@ class ImageStore:
             kind, body, digest = reg.manifest(ref.repo, chosen)
         if kind not in MANIFEST_TYPES:
             raise PullError(f"unsupported manifest type {kind!r}")
-        with self._lock:
-            if digest in self._images:  # a tag moved to an image we have
-                return self._images[digest].image
+        with self._lock:  # one build per digest, even for a tag and a digest naming it at once
+            build_lock = self._digest_locks.setdefault(digest, threading.Lock())
+        with build_lock:
+            with self._lock:
+                if digest in self._images:  # a tag moved to an image we have, or another ref pulled it
+                    return self._hold(digest)
+            image = self._build(reg, ref, body, digest)
+            with self._lock:
+                self._images[digest] = _Entry(image)
+                return self._hold(digest)
+
+    def _build(self, reg: Registry, ref: ImageRef, body: bytes, digest: str) -> Image:
+        """Download and unpack the manifest's layers into DIR/rootfs/<digest>."""
         manifest = json.loads(body)
         final = self.dir / "rootfs" / digest.partition(":")[2]
         build = Path(tempfile.mkdtemp(prefix="pull-", dir=self.dir / "tmp"))
