@@ -119,9 +119,10 @@ class Registry:
 
 
 @contextmanager
-def start_registry(tmp: Path, user: tuple[str, str] | None = None) -> Iterator[Registry]:
+def start_registry(tmp: Path, user: tuple[str, str] | None = None, issuer: TokenIssuer | None = None,
+                   ) -> Iterator[Registry]:
     """`docker-registry serve CONFIG` on a free loopback port, storage under tmp; with user, the
-    registry wants that user and password (htpasswd: HTTP Basic)."""
+    registry wants that user and password (htpasswd: HTTP Basic); with issuer, tokens it signs."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = tmp / "registry.yml"
@@ -131,6 +132,9 @@ def start_registry(tmp: Path, user: tuple[str, str] | None = None) -> Iterator[R
 
         (tmp / "htpasswd").write_text(f"{user[0]}:{bcrypt.hashpw(user[1].encode(), bcrypt.gensalt(5)).decode()}\n")
         auth = f"auth:\n  htpasswd:\n    realm: granary-test\n    path: {tmp / 'htpasswd'}\n"
+    if issuer is not None:
+        auth = (f"auth:\n  token:\n    realm: {issuer.realm}\n    service: {SERVICE}\n    issuer: {ISSUER}\n"
+                f"    rootcertbundle: {issuer.cert_path}\n")
     config.write_text(
         "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
         f"    rootdirectory: {tmp / 'storage'}\n  delete:\n    enabled: true\n"
@@ -186,3 +190,86 @@ def tar_layer(files: dict[str, bytes | str | None], busybox: bool = False) -> by
         for name, content in files.items():
             add(name, content)
     return gzip.compress(raw.getvalue(), mtime=0)
+
+
+# ---- token authentication: a token server of the test's own -------------------------------------
+
+SERVICE = "granary-test-registry"
+ISSUER = "granary-test-issuer"
+
+
+class TokenIssuer:
+    """Signs registry tokens (JWT, RS256, with the signing certificate in x5c), as Docker's token
+    authentication specifies, and serves them at /token to callers with the right Basic credentials."""
+
+    def __init__(self, tmp: Path, user: tuple[str, str]):
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self.user = user
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "granary test token issuer")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(self.key, hashes.SHA256()))
+        self.cert_path = tmp / "token-cert.pem"
+        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+        self.port = free_port()
+        self.realm = f"http://127.0.0.1:{self.port}/token"
+
+    def mint(self, scopes: list[str]) -> str:
+        import uuid
+
+        import jwt
+
+        access = []
+        for scope in scopes:
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {"iss": ISSUER, "sub": self.user[0], "aud": SERVICE, "exp": now + 600, "nbf": now - 10,
+                  "iat": now, "jti": uuid.uuid4().hex, "access": access}
+        return jwt.encode(claims, self.key, algorithm="RS256", headers={"x5c": [self.x5c]})
+
+    @contextmanager
+    def serving(self) -> Iterator[TokenIssuer]:
+        import http.server
+        import threading
+        import urllib.parse
+
+        issuer = self
+        want = "Basic " + base64.b64encode(":".join(self.user).encode()).decode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+                if self.headers.get("Authorization") != want or query.get("service") != [SERVICE]:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = json.dumps({"token": issuer.mint(query.get("scope", []))}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from imageutil import have_registry, start_registry, tar_layer
+from imageutil import TokenIssuer, have_registry, start_registry, tar_layer
 from rwapi import ExecClient, final
 from serverutil import start_granary
 
@@ -174,6 +174,19 @@ def test_basic_auth_registry(tmp_path):
             store(tmp_path / "wrong", credentials={r.host: ("puller", "nope")}).acquire(ref)
         image = store(tmp_path / "right", credentials={r.host: ("puller", "s3cret")}).acquire(ref)
         assert (image.rootfs / "etc/granary-image").read_text() == "private\n"
+
+
+def test_token_auth_registry(tmp_path):
+    issuer = TokenIssuer(tmp_path, ("puller", "s3cret"))
+    with issuer.serving(), start_registry(tmp_path / "registry", issuer=issuer) as r:
+        r.basic = "Bearer " + issuer.mint(["repository:private/tok:pull,push"])  # the test's own pushes
+        r.push_image("private/tok", "v1", [tar_layer({"etc": None, "etc/granary-image": b"token\n"})])
+        ref = f"docker://{r.host}/private/tok:v1"
+        with pytest.raises(PullError, match=r"private/tok:v1 could not be pulled: HTTP 401 .* from http://127"
+                                            r".*/token\?service=granary-test-registry&scope=repository"):
+            store(tmp_path / "anonymous").acquire(ref)
+        image = store(tmp_path / "right", credentials={r.host: ("puller", "s3cret")}).acquire(ref)
+        assert (image.rootfs / "etc/granary-image").read_text() == "token\n"
 
 
 def test_registry_credentials_file(tmp_path):
