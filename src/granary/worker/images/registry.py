@@ -35,6 +35,20 @@ _REF = re.compile(r"^(?P<host>[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(?::(?P<port>\d+)
                   r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
 
 
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Registries send blobs through redirects to storage (S3, a CDN) that signs its own URLs:
+    the registry's credentials must not follow to another host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_Redirects)
+
+
 class PullError(FailedPrecondition):
     """The image could not be pulled (the message names it)."""
 
@@ -121,7 +135,7 @@ class Registry:
         for _attempt in range(3):
             req = urllib.request.Request(self.base + f"{repo}/{path}", headers={**(headers or {}), **self._auth(repo)})
             try:
-                return urllib.request.urlopen(req, timeout=TIMEOUT)
+                return _OPENER.open(req, timeout=TIMEOUT)
             except urllib.error.HTTPError as e:
                 if e.code == 401 and self._challenge(repo, e.headers.get("WWW-Authenticate", "")):
                     continue
