@@ -146,9 +146,12 @@ class Worker:
         if sandbox != "bwrap":
             log.info("container images are off: they need the bwrap sandbox (sandbox here: %s)", sandbox)
             return None
-        directory = cfg.image_dir or cfg.cache_dir.parent / "images"
-        remove_stale_work_dirs(directory)  # of worker processes that are gone
-        return ImageStore(directory / str(os.getpid()), cfg.image_cache_size, cfg.insecure_registries, cfg.registry_credentials)
+        if cfg.image_dir is not None:
+            remove_stale_work_dirs(cfg.image_dir)  # of worker processes that are gone
+            directory = cfg.image_dir / str(os.getpid())
+        else:  # inside the work directory: the action uid reaches it through the same view (mountview.py)
+            directory = self.work_dir / "images"
+        return ImageStore(directory, cfg.image_cache_size, cfg.insecure_registries, cfg.registry_credentials)
 
     def stop(self, abandon: bool = False) -> None:
         """Begin a clean shutdown (abandon: kill running actions now)."""

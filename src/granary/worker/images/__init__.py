@@ -95,6 +95,8 @@ class ImageStore:
         shutil.rmtree(self.dir, ignore_errors=True)  # unpacked by an earlier process: sizes unknown, start clean
         (self.dir / "rootfs").mkdir(parents=True)
         (self.dir / "tmp").mkdir()
+        for d in (self.dir, self.dir / "rootfs"):
+            os.chmod(d, 0o711)  # traversable by the action uid, not listable
 
     # ---- use --------------------------------------------------------------------------
 
@@ -228,6 +230,7 @@ class ImageStore:
             env = [tuple(e.split("=", 1)) for e in cfg.get("Env") or [] if "=" in e]
             size = _du(root)
             os.chmod(root, 0o755)
+            os.chmod(build, 0o711)  # the action uid passes through to the root filesystem
             shutil.rmtree(final, ignore_errors=True)
             os.rename(build, final)
         except BaseException:
