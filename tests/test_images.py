@@ -248,6 +248,22 @@ def test_action_runs_inside_the_image(reg, farm):
     assert out_of(client, r2).splitlines()[:2] == ["two", "/work"]  # no WorkingDir: the default mount
 
 
+def test_actions_asking_at_once_make_one_pull(reg, farm):
+    client, tmp = farm
+    reg.push_image("test/together", "v1", [tar_layer({"etc": None, "etc/granary-image": b"together\n"},
+                                                     busybox=True)])
+    image = f"docker://{reg.host}/test/together:v1"
+    results: list = []
+    threads = [threading.Thread(target=lambda i=i: results.append(run(client, image, f"echo {i} > out")))
+               for i in range(4)]  # the worker has two slots: two actions pull at the same moment
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(out_of(client, r) for r in results) == ["0\n", "1\n", "2\n", "3\n"]
+    assert (tmp / "imgw.log").read_text().count(f"pulled container image {image} ") == 1
+
+
 def test_image_that_cannot_be_pulled_fails_the_action_naming_it(reg, farm):
     client, _ = farm
     image = f"docker://{reg.host}/test/absent:v9"
