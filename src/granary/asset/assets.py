@@ -132,49 +132,37 @@ class RemoteAssets:
     # ---- Fetch --------------------------------------------------------------------
 
     async def fetch_blob(self, request: Any, client: str) -> ra_pb2.FetchBlobResponse:
-        function, q = self._check_fetch(request, directory=False)
-        cas = self.instances.get(request.instance_name).cas
-        response = ra_pb2.FetchBlobResponse(digest_function=function)
-        record = await self._recorded(request, BLOB, function, q, cas)
-        if record is not None:
-            response.uri = record.uri
-            response.blob_digest.CopyFrom(re_pb2.Digest(hash=record.hash, size_bytes=record.size))
-            if record.expire_at is not None:
-                response.expires_at.CopyFrom(_timestamp(record.expire_at))
-            return response
-
-        async def origin(uri: str, index: int, timeout: float) -> BlobDigest:
-            return await self._origin_blob(cas, request.instance_name, function, uri, index, q, timeout, client)
-
-        uri, result = await self._from_origin(request, BLOB, function, q, origin)
-        response.uri = uri
-        if isinstance(result, GranaryError):
-            response.status.CopyFrom(status_of(result))
-        else:
-            response.blob_digest.CopyFrom(re_pb2.Digest(hash=result.hash, size_bytes=result.size))
-        return response
+        return await self._fetch(request, client, BLOB, ra_pb2.FetchBlobResponse, "blob_digest",
+                                 self._origin_blob)
 
     async def fetch_directory(self, request: Any, client: str) -> ra_pb2.FetchDirectoryResponse:
-        function, q = self._check_fetch(request, directory=True)
+        return await self._fetch(request, client, DIRECTORY, ra_pb2.FetchDirectoryResponse,
+                                 "root_directory_digest", self._origin_directory)
+
+    async def _fetch(self, request: Any, client: str, kind: Any, response_type: Any, digest_field: str,
+                     from_origin: Any) -> Any:
+        """FetchBlob and FetchDirectory: a fresh record when there is one, else the first origin
+        that answers; `digest_field` is where the response names the blob or the root directory."""
+        function, q = self._check_fetch(request, directory=kind == DIRECTORY)
         cas = self.instances.get(request.instance_name).cas
-        response = ra_pb2.FetchDirectoryResponse(digest_function=function)
-        record = await self._recorded(request, DIRECTORY, function, q, cas)
+        response = response_type(digest_function=function)
+        record = await self._recorded(request, kind, function, q, cas)
         if record is not None:
             response.uri = record.uri
-            response.root_directory_digest.CopyFrom(re_pb2.Digest(hash=record.hash, size_bytes=record.size))
+            getattr(response, digest_field).CopyFrom(re_pb2.Digest(hash=record.hash, size_bytes=record.size))
             if record.expire_at is not None:
                 response.expires_at.CopyFrom(_timestamp(record.expire_at))
             return response
 
         async def origin(uri: str, index: int, timeout: float) -> BlobDigest:
-            return await self._origin_directory(cas, request.instance_name, function, uri, index, q, timeout, client)
+            return await from_origin(cas, request.instance_name, function, uri, index, q, timeout, client)
 
-        uri, result = await self._from_origin(request, DIRECTORY, function, q, origin)
+        uri, result = await self._from_origin(request, kind, function, q, origin)
         response.uri = uri
         if isinstance(result, GranaryError):
             response.status.CopyFrom(status_of(result))
         else:
-            response.root_directory_digest.CopyFrom(re_pb2.Digest(hash=result.hash, size_bytes=result.size))
+            getattr(response, digest_field).CopyFrom(re_pb2.Digest(hash=result.hash, size_bytes=result.size))
         return response
 
     def _check_fetch(self, request: Any, directory: bool) -> tuple[int, qualifiers.Qualifiers]:
