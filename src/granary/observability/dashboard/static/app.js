@@ -330,17 +330,7 @@
       state.back = [];
       load();
     });
-    next.addEventListener("click", () => {
-      if (!state.nextToken) return;
-      state.back.push(state.token);
-      state.token = state.nextToken;
-      load();
-    });
-    prev.addEventListener("click", () => {
-      if (!state.back.length) return;
-      state.token = state.back.pop();
-      load();
-    });
+    pageTokens(state, next, prev, load);
     load();
   }
 
@@ -657,6 +647,12 @@
       state.back = [];
       load();
     });
+    pageTokens(state, next, prev, load);
+    load();
+  }
+
+  // Next/previous buttons over page tokens: the tokens of the pages before are kept to go back.
+  function pageTokens(state, next, prev, load) {
     next.addEventListener("click", () => {
       if (!state.nextToken) return;
       state.back.push(state.token);
@@ -668,7 +664,6 @@
       state.token = state.back.pop();
       load();
     });
-    load();
   }
 
   function firstLine(text) {
