@@ -119,22 +119,24 @@ def _is_python(pid: int) -> bool:
         return False
 
 
-def tree_rss_mib(pid: int) -> float:
-    """RSS summed over the server's own (Python) processes, in MiB: the compilers
-    and shells a Granary worker runs for actions are children too but not counted."""
-    kib = 0
+def tree_memory_mib(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) summed over the server's own (Python) processes, in MiB: the compilers and
+    shells a Granary worker runs for actions are children too but not counted. RSS counts a page
+    shared by forked processes once in each of them; PSS divides it among them (the honest sum)."""
+    rss = pss = 0
     for p in process_tree(pid):
         if not _is_python(p):
             continue
         try:
-            with open(f"/proc/{p}/status") as f:
+            with open(f"/proc/{p}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
-                        kib += int(line.split()[1])
-                        break
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
         except OSError:
             pass
-    return kib / 1024
+    return rss / 1024, pss / 1024
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -153,12 +155,12 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 class RssSampler:
-    """Samples tree_rss_mib(pid) every `interval` seconds in a thread; keeps the peak."""
+    """Samples tree_memory_mib(pid) every `interval` seconds in a thread; keeps the peaks (RSS, PSS)."""
 
     def __init__(self, pid: int, interval: float = 0.2):
         self.pid = pid
         self.interval = interval
-        self.peak = 0.0
+        self.peak = (0.0, 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -168,10 +170,11 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_mib(self.pid))
+            rss, pss = tree_memory_mib(self.pid)
+            self.peak = (max(self.peak[0], rss), max(self.peak[1], pss))
             self._stop.wait(self.interval)
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float, float]:
         self._stop.set()
         self._thread.join()
         return self.peak
@@ -199,10 +202,10 @@ class Server:
     name: str
     proc: subprocess.Popen
     address: str
-    idle_rss: float = 0.0
+    idle_rss: tuple[float, float] = (0.0, 0.0)  # (RSS, PSS) MiB
     sampler: RssSampler | None = None
-    peak_rss: float = 0.0
-    end_rss: float = 0.0
+    peak_rss: tuple[float, float] = (0.0, 0.0)
+    end_rss: tuple[float, float] = (0.0, 0.0)
 
 
 def start_granary(data: Path, src: Path | None = None) -> Server:
@@ -235,7 +238,7 @@ def start_buildgrid(data: Path) -> Server:
 def wait_idle(server: Server, seconds: float = 3.0) -> None:
     """Let start-up finish (workers registered, imports done) before the idle RSS."""
     time.sleep(seconds)
-    server.idle_rss = tree_rss_mib(server.proc.pid)
+    server.idle_rss = tree_memory_mib(server.proc.pid)
 
 
 # ---- Bazel --------------------------------------------------------------------
@@ -489,8 +492,8 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, cleanups: list[Callable[[
     for s in servers.values():
         assert s.sampler is not None
         s.peak_rss = s.sampler.stop()
-        s.end_rss = tree_rss_mib(s.proc.pid)
-        s.peak_rss = max(s.peak_rss, s.end_rss)
+        s.end_rss = tree_memory_mib(s.proc.pid)
+        s.peak_rss = (max(s.peak_rss[0], s.end_rss[0]), max(s.peak_rss[1], s.end_rss[1]))
 
     print_report(args, layout, actions, samples, servers)
 
@@ -584,9 +587,11 @@ def print_report(args: argparse.Namespace, layout: Layout, actions: set[int], sa
                 w = f"{statistics.median(warm):.2f}" if warm else "-"
                 print(f"  {name:60s}{c:>6s}{w:>12s}")
         print()
-    print("server RSS, MiB (sum over the server's own processes)      idle    peak during run   after run")
+    print("server memory, MiB (sum over the server's own processes)   RSS: idle   peak  after"
+          "   PSS: idle   peak  after")
     for s in servers.values():
-        print(f"  {s.name:58s}{s.idle_rss:6.0f}{s.peak_rss:18.0f}{s.end_rss:12.0f}")
+        print(f"  {s.name:52s}{s.idle_rss[0]:11.0f}{s.peak_rss[0]:7.0f}{s.end_rss[0]:7.0f}"
+              f"{s.idle_rss[1]:11.0f}{s.peak_rss[1]:7.0f}{s.end_rss[1]:7.0f}")
 
 
 def main() -> None:

@@ -160,8 +160,9 @@ def buildgrid_venv() -> Path | None:
 
 def cache_load(address: str, args, pool) -> None:
     ns = argparse.Namespace(measure="fmb,batch,ac,bytestream", clients=args.clients, seconds=args.seconds,
-                            batch_blobs=args.batch_blobs, mib=args.mib)
-    bench_cache.measure(address, os.getpid(), ns, pool)
+                            batch_blobs=args.batch_blobs, mib=args.mib, gar_clients=8, cold_read=False)
+    server = bench_cache.Server("load", None, address, Path("."))
+    bench_cache.measure_round([server], ns, pool)
 
 
 def execute_load(address: str, actions: int, pool) -> None:
