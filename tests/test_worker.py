@@ -33,7 +33,7 @@ from granary._proto.google.devtools.remoteworkers.v1test2 import bots_pb2, bots_
 from granary.errors import InvalidArgument
 from granary.execution.leases import lease_result, make_lease, worker_properties
 from granary.worker.execute import ActionRun, Executor
-from granary.worker.inputs import materialise
+from granary.worker.inputs import InputLimits, Staging, materialise
 from granary.worker.local_cas import LocalCas
 from granary.worker.main import Worker, WorkerConfig
 from granary.worker.paths import symlink_stays_inside
@@ -226,6 +226,99 @@ def test_duplicate_names_are_refused(client, executor):
     dest.mkdir(parents=True)
     with pytest.raises(InvalidArgument, match="more than once"):
         materialise(executor.remote, executor.local, SHA256, bd(raw), dest)
+
+
+class _CallLog(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Names of the RPCs made through a channel, in order."""
+
+    def __init__(self):
+        self.methods: list[str] = []
+
+    def intercept_unary_unary(self, continuation, details, request):
+        self.methods.append(details.method.rsplit("/", 1)[1])
+        return continuation(details, request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        self.methods.append(details.method.rsplit("/", 1)[1])
+        return continuation(details, request)
+
+
+def _deep_spec(depth: int, leaf: bytes) -> dict:
+    spec: dict = {"leaf.txt": leaf}
+    for i in reversed(range(depth)):
+        spec = {f"level{i}": spec, f"file{i}": unique(f"f{i}")}
+    return spec
+
+
+def _logged_remote(server) -> tuple[RemoteCas, _CallLog, grpc.Channel]:
+    calls = _CallLog()
+    channel = grpc.insecure_channel(server.address)
+    return RemoteCas(grpc.intercept_channel(channel, calls), ""), calls, channel
+
+
+def test_a_deep_input_tree_is_read_in_one_gettree_call(client, server, executor, tmp_path):
+    """Each level read apart cost a round trip per action (an input root of a Bazel action is a
+    new chain of eight or so directories): the whole tree comes in one GetTree call instead."""
+    leaf = unique("leaf")
+    root = put_tree(client, _deep_spec(8, leaf))
+    remote, calls, channel = _logged_remote(server)
+    try:
+        dest = tmp_path / "deep"
+        dest.mkdir()
+        lay = materialise(remote, executor.local, SHA256, dg.make_digest(SHA256, root.hash, root.size_bytes), dest)
+    finally:
+        channel.close()
+    path = dest.joinpath(*[f"level{i}" for i in range(8)], "leaf.txt")
+    assert path.read_bytes() == leaf
+    assert len(lay.directories) == 8
+    # one GetTree for the nine directories, then the files (one batch): no read per level
+    assert calls.methods.count("GetTree") == 1, calls.methods
+    assert calls.methods.count("BatchReadBlobs") <= 1, calls.methods
+
+
+def test_directories_in_a_non_canonical_encoding_are_still_found(client, server, executor, tmp_path):
+    """GetTree sends messages, not their digests; a Directory uploaded in another valid encoding
+    (fields out of order) hashes differently when serialized again, so the worker must fetch
+    it by its real digest rather than fail or take the wrong bytes."""
+    leaf = unique("leaf")
+    inner = re_pb2.Directory()
+    inner.files.add(name="leaf.txt", digest=digest(leaf))
+    client.upload(leaf)
+    inner_raw = inner.SerializeToString()
+    # field 3 (symlinks) before field 1 (files): valid protobuf, but not what a serializer writes
+    link = re_pb2.Directory(symlinks=[re_pb2.SymlinkNode(name="alias", target="leaf.txt")]).SerializeToString()
+    odd = link + inner_raw
+    assert re_pb2.Directory.FromString(odd).SerializeToString() != odd
+    client.upload(odd)
+    top = re_pb2.Directory()
+    top.directories.add(name="odd", digest=digest(odd))
+    top_raw = top.SerializeToString()
+    client.upload(top_raw)
+    remote, calls, channel = _logged_remote(server)
+    try:
+        dest = tmp_path / "odd"
+        dest.mkdir()
+        materialise(remote, executor.local, SHA256, bd(top_raw), dest)
+    finally:
+        channel.close()
+    assert (dest / "odd" / "leaf.txt").read_bytes() == leaf
+    assert os.readlink(dest / "odd" / "alias") == "leaf.txt"
+    assert "GetTree" in calls.methods and "BatchReadBlobs" in calls.methods, calls.methods
+
+
+def test_an_input_tree_over_the_directory_limit_is_refused_from_gettree(client, server, executor, tmp_path):
+    spec = {f"d{i}": {"f": unique(f"d{i}")} for i in range(30)}
+    root = put_tree(client, spec)
+    remote, calls, channel = _logged_remote(server)
+    try:
+        dest = tmp_path / "wide"
+        dest.mkdir()
+        with pytest.raises(InvalidArgument, match="distinct directories or more"):
+            materialise(remote, executor.local, SHA256, dg.make_digest(SHA256, root.hash, root.size_bytes), dest,
+                        Staging(limits=InputLimits(max_paths=10)))
+    finally:
+        channel.close()
+    assert "BatchReadBlobs" not in calls.methods, calls.methods
 
 
 # ---- running actions -----------------------------------------------------------

@@ -70,7 +70,18 @@ def _too_many(root: BlobDigest, count: int, limits: InputLimits, what: str = "pa
 
 def fetch_tree(remote: RemoteCas, function: int, root: BlobDigest,
                limits: InputLimits = InputLimits()) -> dict[BlobDigest, re_pb2.Directory]:
-    """All distinct Directory messages of a tree, fetched level by level in batches, within limits."""
+    """All distinct Directory messages of a tree, within limits.
+
+    One GetTree call brings the whole tree (one round trip instead of one per level: an input root
+    of a Bazel action is a chain of eight or so directories, new for each action); whatever it did
+    not bring (a server without GetTree, or directories uploaded in a non-canonical encoding, which
+    GetTree cannot name) is fetched level by level in batches.
+    """
+    known: dict[BlobDigest, bytes] = {}
+    if not dg.is_empty(root) and remote.memo.get(root) is None:
+        known, more = remote.get_tree(root, limits.max_paths)
+        if more:
+            raise _too_many(root, len(known), limits, "distinct directories or more")
     tree: dict[BlobDigest, re_pb2.Directory] = {}
     level = [root]
     depth = 0
@@ -80,12 +91,13 @@ def fetch_tree(remote: RemoteCas, function: int, root: BlobDigest,
         if len(tree) + len(level) > limits.max_paths:
             raise _too_many(root, len(tree) + len(level), limits, "distinct directories or more")
         depth += 1
-        blobs = remote.read_small(level)
+        unknown = [d for d in level if d not in known]
+        blobs = remote.read_small(unknown) if unknown else {}
         nxt: list[BlobDigest] = []
         for d in level:
             msg = re_pb2.Directory()
             try:
-                msg.ParseFromString(blobs[d])
+                msg.ParseFromString(known[d] if d in known else blobs[d])
             except DecodeError:
                 raise InvalidArgument(f"input directory {d} is not a valid Directory message") from None
             tree[d] = msg

@@ -91,6 +91,7 @@ class RemoteCas:
         self._caps = re_grpc.CapabilitiesStub(channel)
         self._max_batch = max_batch
         self.memo = memo if memo is not None else BlobMemo()
+        self._tree_ok = True  # False once the server said GetTree is UNIMPLEMENTED
 
     @property
     def max_batch(self) -> int:
@@ -225,6 +226,40 @@ class RemoteCas:
         for d in todo:
             self.memo.put(d, out[d])  # verified by batch_read / stream_read
         return out
+
+    def get_tree(self, root: BlobDigest, max_directories: int) -> tuple[dict[BlobDigest, bytes], bool]:
+        """The directories under `root` in one GetTree call: {digest: bytes}, and whether there were more
+        than `max_directories` (the rest unread).
+
+        GetTree sends messages, not digests: each is serialized again and hashed, and it is known by the
+        digest of those bytes, so what it yields is verified by construction. A tree uploaded in
+        another (non-canonical) encoding gives other digests; the caller fetches what it does not find
+        here by digest. Best effort: an error (or a server without GetTree, asked only once) gives {}.
+        """
+        if not self._tree_ok:
+            return {}, False
+        out: dict[BlobDigest, bytes] = {}
+        try:
+            pages = self._cas.GetTree(
+                re_pb2.GetTreeRequest(instance_name=self.instance, root_digest=to_proto(root),
+                                      digest_function=root.function),
+                timeout=300,
+            )
+            for page in pages:
+                for directory in page.directories:
+                    data = directory.SerializeToString(deterministic=True)
+                    out[dg.compute(root.function, data)] = data
+                if len(out) > max_directories:
+                    pages.cancel()
+                    return out, True
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                log.info("the server has no GetTree: input trees are read level by level")
+                self._tree_ok = False
+            elif e.code() != grpc.StatusCode.NOT_FOUND:
+                log.debug("GetTree %s failed (%s): reading the tree level by level", root, e.code())
+            return {}, False
+        return out, False
 
     # ---- writes -------------------------------------------------------------
 
