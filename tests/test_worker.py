@@ -465,6 +465,25 @@ def test_large_blobs_go_through_bytestream_both_ways(client, server, tmp_path):
     assert client.bs_read(outs["bigger.out"]) == big_in * 2
 
 
+@pytest.mark.parametrize("size, asks", [(2_000, False), (3 << 20, True)])
+def test_small_outputs_are_sent_without_asking_what_is_missing(client, server, tmp_path, size, asks):
+    """Up to 1 MiB of outputs go in one BatchUpdateBlobs without a FindMissingBlobs round trip
+    first; larger outputs are checked first so that only what the server lacks is sent."""
+    remote, calls, channel = _logged_remote(server)
+    ex = Executor(remote, LocalCas(tmp_path / "c", 1 << 30), NoSandbox(), tmp_path / "w", "upload-worker")
+    seed = unique("seed").decode().strip()
+    action = put_action(client, ["sh", "-c", f"yes {seed} | head -c {size} > out.bin"], output_files=["out.bin"])
+    try:
+        result, status = ActionRun(ex, action).run()
+    finally:
+        channel.close()
+    assert status.code == 0, status
+    out = result.output_files[0]
+    assert out.digest.size_bytes == size
+    assert client.bs_read(out.digest) == (f"{seed}\n".encode() * (size // len(seed) + 1))[:size]
+    assert ("FindMissingBlobs" in calls.methods) == asks, calls.methods
+
+
 def test_blake3_digests_are_recognised(client, executor):
     import blake3
 

@@ -26,6 +26,7 @@ BATCH_OVERHEAD = 64 << 10  # room left in a batch for per-blob framing
 FIND_MISSING_CHUNK = 10_000  # digests per FindMissingBlobs call
 MEMO_BYTES = 16 << 20  # Command and Directory messages kept in memory (verified, so safe to reuse)
 MEMO_BLOB = 1 << 20  # larger ones are not kept
+SKIP_FIND_MISSING = 1 << 20  # outputs up to this many bytes in all are sent without FindMissingBlobs
 
 
 class MissingBlobs(Exception):
@@ -282,8 +283,17 @@ class RemoteCas:
         return missing
 
     def upload(self, blobs: dict[BlobDigest, Callable[[], BinaryIO]]) -> None:
-        """Upload what the server lacks. Each value opens the blob's bytes for reading."""
-        missing = self.find_missing(blobs)
+        """Upload what the server lacks. Each value opens the blob's bytes for reading.
+
+        Outputs that fit in SKIP_FIND_MISSING bytes go in one BatchUpdateBlobs without asking
+        FindMissingBlobs first: an action's outputs are new more often than not, and resending a
+        few hundred KiB costs less than the round trip (and the server's per-call work) of asking.
+        """
+        present = [d for d in blobs if not (d.size == 0 and dg.is_empty(d))]
+        if sum(d.size for d in present) <= min(SKIP_FIND_MISSING, self.max_batch):
+            missing = present
+        else:
+            missing = self.find_missing(blobs)
         groups, large = self.batches(missing)
         for group in groups:
             reqs = []
