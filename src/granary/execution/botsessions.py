@@ -178,7 +178,8 @@ class BotSessions:
     ) -> tuple[list[bots_pb2.Lease], bool]:
         """Apply what the bot reports; -> (the leases it should hold now, whether its report changed anything).
 
-        A report that changed something (an acknowledgement, a result) is
+        A report that changed something the bot waits to hear about (a result or a lease given
+        back, which it keeps reporting until answered; an acknowledgement that came too late) is
         answered at once rather than long-polled.
         """
         held = await self.queue.read(self.queue.held_jobs, name)
@@ -208,9 +209,11 @@ class BotSessions:
                 if job["lease_state"] != leases.PENDING:
                     out.append(bots_pb2.Lease(id=lease_id, state=leases.ACTIVE))
                 elif await self.queue.run(self.queue.mark_active, lease_id, name, now):
+                    # Not `acted`: the bot needs no answer to an acknowledgement, so the call goes on
+                    # as its long poll (answered when the lease is cancelled or the bot has news),
+                    # instead of an answer at once and a second call to wait on: one call per action.
                     self.notifier.job_changed(lease_id)
                     out.append(bots_pb2.Lease(id=lease_id, state=leases.ACTIVE))
-                    acted = True
                 else:  # taken back meanwhile (not acknowledged in time, or cancelled): it must not run
                     out.append(bots_pb2.Lease(id=lease_id, state=leases.CANCELLED))
                     acted = True
