@@ -341,7 +341,7 @@ class ImageStore:
             shutil.rmtree(build, ignore_errors=True)
             raise
         self.pulls += 1
-        log.info("pulled container image %s (%s, %d layers, %d bytes of its own)", ref.text, digest,
+        log.info("pulled container image %s (%s, %d layer(s), %d bytes of its own)", ref.text, digest,
                  len(layers), size)
         return Image(ref.text, digest, final / "root", "/" + mount.strip("/"), env,  # type: ignore[arg-type]
                      size, tuple(x.digest for x in layers))
