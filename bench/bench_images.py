@@ -25,9 +25,10 @@ then measures two things.
 
      first image action   the first action asking for bench/base:1 on the fresh worker: it pays
                           the pull (end to end, ms)
-     host / image         --actions actions without an image, then the same number in the image
-                          (warm), one at a time (latency: mean, p50, p95 in ms; actions/s) and then
-                          from --slots x 2 client threads at once (actions/s)
+     host / image         --actions actions without an image and as many in the image (warm), in
+                          --rounds rounds alternating which goes first: one at a time (latency: mean,
+                          p50, p95 in ms; actions/s) and from --slots x 2 client threads at once
+                          (actions/s)
 
     python3 bench/bench_images.py
     python3 bench/bench_images.py --actions 400 --data-mib 64 --files 5000
@@ -227,7 +228,7 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
 
 
-def per_action(reg, tmp: Path, n: int, slots: int) -> dict:
+def per_action(reg, tmp: Path, n: int, slots: int, rounds: int) -> dict:
     import grpc
 
     image = f"docker://{reg.host}/bench/base:1"
@@ -250,11 +251,21 @@ def per_action(reg, tmp: Path, n: int, slots: int) -> dict:
         first = make_actions(ch, 1, image)
         out["first"] = execute(call, first[0])
         run_parallel(call, make_actions(ch, 2 * slots, image), slots)  # every slot has run in the image
-        for name, img in (("host", ""), ("image", image)):
-            lat, took = run_serial(call, make_actions(ch, n, img))
-            par = run_parallel(call, make_actions(ch, n, img), 2 * slots)
-            out[name] = {"mean": statistics.fmean(lat), "p50": pct(lat, 50), "p95": pct(lat, 95),
-                         "serial_rate": n / took, "parallel_rate": n / par}
+        # in rounds, alternating which goes first, so that a change of load on the machine falls on both
+        lat: dict[str, list[float]] = {"host": [], "image": []}
+        took = {"host": 0.0, "image": 0.0}
+        par = {"host": 0.0, "image": 0.0}
+        per = max(1, n // rounds)
+        for r in range(rounds):
+            for name in (("host", "image") if r % 2 == 0 else ("image", "host")):
+                img = image if name == "image" else ""
+                got, t = run_serial(call, make_actions(ch, per, img))
+                lat[name] += got
+                took[name] += t
+                par[name] += run_parallel(call, make_actions(ch, per, img), 2 * slots)
+        for name, values in lat.items():
+            out[name] = {"mean": statistics.fmean(values), "p50": pct(values, 50), "p95": pct(values, 95),
+                         "serial_rate": len(values) / took[name], "parallel_rate": len(values) / par[name]}
     finally:
         ch.close()
         stop(worker)
@@ -271,6 +282,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="first-use measurements, median (default 3)")
     ap.add_argument("--actions", type=int, default=200, help="actions per row (default 200)")
     ap.add_argument("--slots", type=int, default=2, help="worker --concurrency (default 2)")
+    ap.add_argument("--rounds", type=int, default=4, help="per-action rows run in rounds, alternating (default 4)")
     args = ap.parse_args()
     if not have_registry():
         sys.exit("bench_images: needs docker-registry and busybox-static (apt-get install docker-registry "
@@ -281,7 +293,7 @@ def main() -> None:
             layers = build_images(reg, args.files, args.data_mib)
             sizes = [len(x) for x in layers["base"]]
             cold = first_use(reg, tmp, args.repeats)
-            actions = per_action(reg, tmp, args.actions, args.slots)
+            actions = per_action(reg, tmp, args.actions, args.slots, args.rounds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in cold.items()}
