@@ -41,6 +41,7 @@ import os
 import shutil
 import stat
 import tarfile
+import zlib
 from pathlib import Path
 
 from granary.errors import FailedPrecondition, InvalidArgument
@@ -69,7 +70,7 @@ def clean_name(name: str) -> str:
 def _open(path: Path) -> tarfile.TarFile:
     with open(path, "rb") as f:
         magic = f.read(2)
-    mode = "r|gz" if magic == b"\x1f\x8b" else "r|"
+    mode = "r:gz" if magic == b"\x1f\x8b" else "r:"
     try:
         return tarfile.open(path, mode)
     except (tarfile.TarError, OSError, EOFError) as e:
@@ -82,11 +83,12 @@ def _open(path: Path) -> tarfile.TarFile:
 def unpack_layer(blob: Path, dest: Path) -> int:
     """Unpack the layer tar at `blob` into the new directory `dest`; returns its size on disk (bytes)."""
     (dest / FILES).mkdir(parents=True)
+    files = str(dest / FILES)
     entries: list[list] = []
     size = 0
     try:
         with _open(blob) as tar:
-            for m in tar:  # one streaming pass: a gzip layer is decompressed once
+            for m in tar:  # one pass, forward only: a gzip layer is decompressed once
                 rel = clean_name(m.name)
                 head, _, base = rel.rpartition("/")
                 if base == OPAQUE:
@@ -105,14 +107,14 @@ def unpack_layer(blob: Path, dest: Path) -> int:
                     n = len(entries)
                     src = tar.extractfile(m)
                     assert src is not None
-                    path = dest / FILES / str(n)
-                    with src, open(path, "xb") as out:
+                    with src, open(f"{files}/{n}", "xb") as out:
                         shutil.copyfileobj(src, out, 1 << 20)
-                    os.chmod(path, m.mode & 0o1777)  # no setuid, no setgid
-                    size += os.lstat(path).st_blocks * 512
+                        os.fchmod(out.fileno(), m.mode & 0o1777)  # no setuid, no setgid
+                        out.flush()
+                        size += os.fstat(out.fileno()).st_blocks * 512
                     entries.append(["file", rel, n])
                 # character and block devices, fifos: skipped (the sandbox mounts its own /dev)
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise LayerError(f"layer cannot be unpacked: {type(e).__name__}: {e}") from None
     index = dest / INDEX
     index.write_text(json.dumps(entries, separators=(",", ":")))
@@ -151,6 +153,7 @@ def assemble(root: Path, layer: Path) -> int:
     Returns the bytes copied rather than linked (0 unless the filesystem refused a hard link)."""
     top = str(root)
     entries = json.loads((layer / INDEX).read_text())
+    files = str(layer / FILES)
     copied = 0
     try:
         for kind, rel, *_ in entries:  # pass 1: whiteouts remove what lower layers put there
@@ -179,7 +182,7 @@ def assemble(root: Path, layer: Path) -> int:
                     raise LayerError(f"layer member {rel!r} is a hard link to {arg!r}, not a file in the image")
                 copied += _link(source, dest)
             elif kind == "file":
-                copied += _link(str(layer / FILES / str(arg)), dest)
+                copied += _link(f"{files}/{arg}", dest)
     except InvalidArgument as e:
         raise LayerError(str(e)) from None
     except OSError as e:
