@@ -47,6 +47,13 @@ class Registry:
     host: str  # 127.0.0.1:PORT
     storage: Path  # the registry's filesystem storage
     basic: str = ""  # Authorization header for pushes ("" when the registry needs none)
+    log: Path | None = None  # the registry's access log
+
+    def blob_gets(self, digest: str) -> int:
+        """How many times the registry has served the blob (GET /v2/REPO/blobs/DIGEST), from its access log."""
+        assert self.log is not None
+        return sum(1 for line in self.log.read_text().splitlines()
+                   if '"GET /v2/' in line and f"/blobs/{digest} " in line and '" 200 ' in line)
 
     def _open(self, req: urllib.request.Request):
         if self.basic:
@@ -157,7 +164,7 @@ def start_registry(tmp: Path, user: tuple[str, str] | None = None, issuer: Token
                     raise RuntimeError(f"docker-registry did not start: {(tmp / 'registry.log').read_text()}")
                 time.sleep(0.1)
         basic = "Basic " + base64.b64encode(":".join(user).encode()).decode() if user else ""
-        yield Registry(f"127.0.0.1:{port}", tmp / "storage", basic)
+        yield Registry(f"127.0.0.1:{port}", tmp / "storage", basic, tmp / "registry.log")
     finally:
         proc.terminate()
         proc.wait(10)

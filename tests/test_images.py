@@ -95,7 +95,7 @@ def test_corrupt_layer_is_refused_naming_the_image(reg, tmp_path):
     with pytest.raises(PullError) as second:  # remembered: the actions behind it fail at once
         s.acquire(ref)
     assert str(second.value) == str(first.value)
-    assert s.pulls == 0 and not os.listdir(tmp_path / "images/rootfs")
+    assert s.pulls == 0 and not os.listdir(tmp_path / "images/rootfs") and not os.listdir(tmp_path / "images/layers")
     assert not os.listdir(tmp_path / "images/tmp")  # the half-built root filesystem is gone
 
 
@@ -129,17 +129,125 @@ def test_concurrent_requests_pull_once(reg, tmp_path):
 
 def test_cache_is_bounded_and_evicts_least_recently_used_idle_images(reg, tmp_path):
     probe = store(tmp_path / "probe")
-    size = probe.acquire(f"docker://{reg.host}/test/one:v1").size
+    probe.acquire(f"docker://{reg.host}/test/one:v1")
+    size = probe.total()  # its layers and its own bytes
     s = store(tmp_path, max_bytes=size + size // 2)  # room for one image, not two
     one = s.acquire(f"docker://{reg.host}/test/one:v1")
     two = s.acquire(f"docker://{reg.host}/test/two:v1")
     assert one.rootfs.exists() and two.rootfs.exists()  # both in use: neither may go
     s.release(one)
-    assert not one.rootfs.exists()  # idle and least recently used: evicted
+    assert not one.rootfs.exists()  # idle and least recently used: evicted, and its layers with it
+    assert set(s.layers()) == set(two.layers)
     assert two.rootfs.exists() and s.total() <= s.max_bytes
     s.release(two)
     again = s.acquire(f"docker://{reg.host}/test/one@{reg.one}")  # pulled again, two makes room
     assert again.rootfs.exists() and not two.rootfs.exists() and s.pulls == 3
+    assert set(s.layers()) == set(again.layers)
+
+
+# ---- layers shared between images ---------------------------------------------------------------
+
+
+def layered(reg, name: str):
+    """Three images on one busybox base layer (made unique to the test by `name`):
+    X overwrites a base file; Y overwrites it too, whites out a file and a busybox applet, and makes
+    a directory opaque; Z is the base alone. -> (base digest, {X, Y, Z: image reference})."""
+    import hashlib
+
+    base = tar_layer({"etc": None, "etc/granary-image": b"base\n", "etc/shared": b"shared\n",
+                      "etc/test": name.encode(), "opt": None, "opt/x": b"x"}, busybox=True)
+    top_x = tar_layer({"etc/granary-image": b"X\n"})
+    top_y = tar_layer({"etc/.wh.shared": b"", "opt/.wh..wh..opq": b"", "bin/.wh.ls": b"",
+                       "etc/granary-image": b"Y\n", "opt/y": b"y"})
+    refs = {}
+    for image, layers in (("x", [base, top_x]), ("y", [base, top_y]), ("z", [base])):
+        reg.push_image(f"{name}/{image}", "v1", layers)
+        refs[image] = f"docker://{reg.host}/{name}/{image}:v1"
+    return "sha256:" + hashlib.sha256(base).hexdigest(), refs
+
+
+def test_a_shared_base_layer_is_downloaded_and_unpacked_once(reg, tmp_path):
+    base, refs = layered(reg, "shared")
+    s = store(tmp_path)
+    x = s.acquire(refs["x"])
+    y = s.acquire(refs["y"])
+    assert reg.blob_gets(base) == 1  # the registry served the base layer once, for two images
+    assert s.layer_pulls == 3 and s.pulls == 2
+    assert x.layers[0] == y.layers[0] == base and s.layers()[base] == 2
+    # one copy of the base's files on disk: both root filesystems link the layer's inode
+    bx, by = os.stat(x.rootfs / "bin/busybox"), os.stat(y.rootfs / "bin/busybox")
+    assert bx.st_ino == by.st_ino and bx.st_nlink == 3  # the layer's file and the two images' links
+    # Y's layer changed its own root filesystem only, never the shared files X links to
+    assert (x.rootfs / "etc/granary-image").read_text() == "X\n"
+    assert (y.rootfs / "etc/granary-image").read_text() == "Y\n"
+    assert (x.rootfs / "etc/shared").read_text() == "shared\n" and not (y.rootfs / "etc/shared").exists()
+    assert os.listdir(x.rootfs / "opt") == ["x"] and os.listdir(y.rootfs / "opt") == ["y"]
+    assert (x.rootfs / "bin/ls").is_symlink() and not (y.rootfs / "bin/ls").is_symlink()
+    z = s.acquire(refs["z"])  # the base alone, assembled a third time: as it was pushed
+    assert (z.rootfs / "etc/granary-image").read_text() == "base\n" and (z.rootfs / "etc/shared").exists()
+    assert reg.blob_gets(base) == 1 and s.layer_pulls == 3
+    # the images' own bytes leave out the shared files: the total counts busybox once
+    assert s.total() < 2 * os.path.getsize(x.rootfs / "bin/busybox")
+
+
+def test_images_pulled_at_once_fetch_their_shared_layer_once(reg, tmp_path):
+    base, refs = layered(reg, "together")
+    s = store(tmp_path)
+    errors: list[BaseException] = []
+
+    def take(ref: str) -> None:
+        try:
+            s.acquire(ref)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=take, args=(refs[k],)) for k in ("x", "y", "z", "x", "y", "z")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert reg.blob_gets(base) == 1 and s.layer_pulls == 3 and s.pulls == 3
+
+
+def test_eviction_spares_layers_that_cached_images_are_built_from(reg, tmp_path):
+    base, refs = layered(reg, "evict")
+    probe = store(tmp_path / "probe")
+    probe.acquire(f"docker://{reg.host}/test/two:v1")
+    bound = probe.total() + probe.total() // 4  # room for one busybox, not two
+    s = store(tmp_path, max_bytes=bound)
+    x, y = s.acquire(refs["x"]), s.acquire(refs["y"])
+    two = s.acquire(f"docker://{reg.host}/test/two:v1")
+    assert s.total() > bound  # all three in use: nothing goes
+    s.release(x)
+    assert not x.rootfs.exists() and x.layers[1] not in s.layers()  # X and its own layer went ...
+    assert s.layers()[base] == 1 and (y.rootfs / "bin/busybox").is_file()  # ... the base Y is built from stayed
+    assert subprocess.run([str(y.rootfs / "bin/busybox"), "true"], check=False).returncode == 0
+    s.release(y)
+    assert not y.rootfs.exists() and base not in s.layers()  # now nothing needs the base: it goes too
+    assert two.rootfs.exists() and s.total() <= bound
+    assert sorted(os.listdir(tmp_path / "images/layers")) == sorted(d.partition(":")[2] for d in s.layers())
+    s.release(two)
+    s.acquire(refs["x"])  # the base is downloaded again
+    assert reg.blob_gets(base) == 2
+
+
+def test_a_corrupt_upper_layer_is_refused_and_the_cached_base_kept(reg, tmp_path):
+    import hashlib
+
+    base, refs = layered(reg, "corruptupper")
+    s = store(tmp_path)
+    x = s.acquire(refs["x"])
+    bad = tar_layer({"etc/granary-image": b"bad\n"})
+    basebytes = (reg.storage / "docker/registry/v2/blobs/sha256" / base[7:9] / base[7:] / "data").read_bytes()
+    reg.push_image("corruptupper/bad", "v1", [basebytes, bad])
+    reg.corrupt("sha256:" + hashlib.sha256(bad).hexdigest())
+    with pytest.raises(PullError, match="corruptupper/bad:v1 could not be pulled: blob sha256:.* does not match"):
+        s.acquire(f"docker://{reg.host}/corruptupper/bad:v1")
+    assert s.layers() == {d: 1 for d in x.layers} and s.pulls == 1  # nothing of the bad image was kept
+    assert not os.listdir(tmp_path / "images/tmp")
+    assert (x.rootfs / "etc/granary-image").read_text() == "X\n"
+    assert reg.blob_gets(base) == 1  # the base came from the cache for the bad image too
 
 
 @pytest.mark.parametrize("member", ["../escape", "/abs/file"])

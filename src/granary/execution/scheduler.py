@@ -40,7 +40,7 @@ class ExecutionInstance:
 
 
 def execution_capabilities(cfg: ExecutionConfig) -> re_pb2.ExecutionCapabilities:
-    props = sorted({k for p in cfg.known_platforms for k, _ in p} | {"OSFamily", "ISA"})
+    props = sorted({k for p in cfg.known_platforms for k, _ in p} | set(platform.CONVENTIONAL))
     return re_pb2.ExecutionCapabilities(
         digest_function=dg.SHA256,
         digest_functions=list(EXECUTION_DIGEST_FUNCTIONS),

@@ -58,7 +58,9 @@ def add_parser(sub) -> None:
     p.add_argument("--instance", default="", help="REAPI instance name (default: empty)")
     p.add_argument("--concurrency", type=int, help="actions at once, one bot session each (default: one per core)")
     p.add_argument("--property", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra platform property to advertise (repeatable; OSFamily and ISA are detected)")
+                   help="extra platform property to advertise (repeatable); OSFamily, ISA/Arch, dockerNetwork and"
+                        " Pool=default are detected; a value given here replaces the detected one (an ISA naming no"
+                        " CPU, e.g. x86-avx2, is added to it)")
     p.add_argument("--cache-dir", type=Path, help="local CAS cache (default ~/.cache/granary-worker/cas)")
     p.add_argument("--cache-size", default="10GiB", help="bound of the local CAS cache (default 10GiB)")
     p.add_argument("--work-dir", type=Path,
