@@ -193,12 +193,15 @@ def test_memory_hog_fails_at_its_rlimit_while_a_neighbour_completes(client, limi
 
 @needs_cgroups
 def test_cgroup_memory_counts_all_processes_of_the_action_together(client, limited):  # noqa: F811
-    # four processes of 100 MiB each: within an address-space limit of 256 MiB each, not together
+    # four processes of 100 MiB each: within an address-space limit of 256 MiB each, not together.
+    # The OOM killer kills one of them; then the whole action goes (v2: the kernel, memory.oom.group;
+    # v1: the worker), else it would end with `exit 0` once the sleeps are done.
     executor = limited("bwrap", memory=MEMORY, backend="cgroup")
     four = put_action(client, ["sh", "-c", ("for i in 1 2 3 4; do (head -c 100M /dev/zero | tail -n 1 >/dev/null;"
-                               " sleep 5) & done; wait")], timeout=60)
-    _, status = _run(executor, four)
+                               " sleep 60) & done; wait; exit 0")], timeout=120)
+    result, status = _run(executor, four)
     assert status.code == RESOURCE_EXHAUSTED and "memory limit 256 MiB" in status.message, status
+    assert result.exit_code == 128 + signal.SIGKILL
 
 
 # ---- processes ---------------------------------------------------------------------------------

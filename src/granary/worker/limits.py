@@ -207,7 +207,8 @@ class Limiter:
             parts.append(f"disk {format_bytes(lim.disk)}")
         if lim.output_size is not None:
             parts.append(f"outputs {format_bytes(lim.output_size)}")
-        return f"{', '.join(parts)} per action, backend {self.backend}"
+        backend = self.backend
+        return f"{', '.join(parts)} per action" + ("" if backend == "none" else f", backend {backend}")
 
     def confine(self, work: Path, host_tools_in_bwrap: bool) -> Confinement:
         """One action's confinement; work: its directory (input root, stdout, stderr).
