@@ -264,6 +264,21 @@ def test_fork_bomb_at_its_limit_leaves_the_neighbour_free_to_fork(client, limite
         time.sleep(0.1)
 
 
+@needs_cgroups
+def test_the_next_action_in_a_cgroup_is_not_blamed_for_the_last_ones_kill(client, limited):  # noqa: F811
+    executor = limited("bwrap", memory=MEMORY, pids=PIDS, backend="cgroup")
+    result, status = _run(executor, put_action(client, HOG, timeout=60))
+    assert status.code == RESOURCE_EXHAUSTED, status
+    result, status = _run(executor, put_action(client, BOMB, timeout=60))
+    assert status.code == RESOURCE_EXHAUSTED and "process limit" in status.message, status
+    [cgroup] = executor.limits.tree._idle  # the one cgroup both used, emptied
+    assert cgroup.counters().oom_kills == 1 and cgroup.counters().pids_max > 0
+    result, status = _run(executor, put_action(client, ["sh", "-c", "exit 3"]))
+    assert (status.code, result.exit_code) == (0, 3), status
+    assert _stderr(client, result) == ""
+
+
+
 # ---- CPU ---------------------------------------------------------------------------------------
 
 
@@ -293,7 +308,9 @@ def test_cpu_quota_is_set_on_the_actions_cgroup_and_throttles_it(client, limited
     finally:
         run.cancel()
         t.join(60)
-    assert not cpu.exists() and not memory.exists() and not pids.exists()  # removed with the action
+    assert all(not (d / "cgroup.procs").read_text().split() for d in (cpu, memory, pids))  # emptied
+    executor.limits.close()
+    assert not cpu.exists() and not memory.exists() and not pids.exists()  # removed with the worker's
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin an action to one")
@@ -563,6 +580,9 @@ def test_v2_action_cgroup_limits_events_and_kill(fake_v2):
     (action / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 1\n")
     (action / "pids.events").write_text("max 3\n")
     assert cg.events() == cgroups.Events(oom_kills=1, pids_max=3)
+    cg.since = cg.counters()  # the next action in this cgroup starts from there
+    (action / "pids.events").write_text("max 5\n")
+    assert cg.events() == cgroups.Events(oom_kills=0, pids_max=2)
     assert cg.join(["true"])[-3:] == ["1", str(action / "cgroup.procs"), "true"]
     cg.kill()
     assert (action / "cgroup.kill").read_text() == "1"

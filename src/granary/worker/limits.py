@@ -244,7 +244,7 @@ class Confinement:
         self.work = work
         self.cpus = cpus
         self.nproc = self.limits.pids is not None and limiter.tree is None and host_tools_in_bwrap
-        self.cgroup = limiter.tree.create(self.limits.cgroup_limits()) if limiter.tree is not None else None
+        self.cgroup = limiter.tree.acquire(self.limits.cgroup_limits()) if limiter.tree is not None else None
         self.baseline = 0
         self.disk_found = 0  # bytes over the baseline the watch found when it killed the action
         self.killed = ""  # which limit the watch killed the action for
@@ -346,7 +346,8 @@ class Confinement:
                 " allocation or fork refused at a limit may be why\n")
 
     def close(self) -> None:
-        """Kill whatever of the action is left in its cgroup and remove the cgroup."""
+        """Kill whatever of the action is left in its cgroup, which then waits for the next action."""
         self._stop.set()
-        if self.cgroup is not None:
-            self.cgroup.remove()
+        if self.cgroup is not None and self.limiter.tree is not None:
+            cgroup, self.cgroup = self.cgroup, None
+            self.limiter.tree.release(cgroup)
