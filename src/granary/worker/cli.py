@@ -13,6 +13,7 @@ from granary.worker.input_limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_PATHS
 from granary.writable_dir import ensure_writable_dir
 
 if TYPE_CHECKING:  # the worker's modules load when it runs: every granary command builds this parser
+    from granary.worker.limits import ActionLimits
     from granary.worker.sandbox import ActionUser
 
 
@@ -52,7 +53,7 @@ def parse_max_idle(text: str | None) -> float | None:
     return seconds or None
 
 
-def action_limits(args: argparse.Namespace):
+def action_limits(args: argparse.Namespace) -> ActionLimits:
     """--action-memory, --action-pids, --action-cpus, --action-disk, --action-output-size and the backend."""
     from granary.sizes import parse_size
     from granary.worker.limits import ActionLimits

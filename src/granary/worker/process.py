@@ -1,7 +1,7 @@
 """Running one command in its own process group, with a timeout and cancellation.
 
 The command leads a new session (so a new process group). Whatever ends it
-(normal exit, timeout, cancel) the whole group is killed before the leader is
+(normal exit, timeout, cancel, a resource limit: `kill`) the whole group is killed before the leader is
 reaped, so leftover background children die too and the group id cannot have
 been reused by then. A process that left the group (setsid, daemons) is
 ended by what leads it: bubblewrap's PID namespace, or the reaper
