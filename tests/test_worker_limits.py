@@ -512,6 +512,15 @@ def test_limits_need_sane_flags(tmp_path):
         r = worker(*args)
         assert r.returncode == 2 and error in r.stderr, (args, r.stderr)
 
+    # without util-linux's prlimit on PATH: refused, and the cgroup found for the memory limit is let go
+    proc = subprocess.Popen([sys.executable, "-m", "granary", "worker", "--server", "127.0.0.1:1", "--cache-dir",
+                             str(tmp_path / "cas"), "--sandbox", "none", "--action-memory", "256MiB", "--action-disk",
+                             "1GiB"], env={**os.environ, "PATH": "/nonexistent"}, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert err.strip() == "granary: configuration error: --action-disk needs prlimit (util-linux), which is not installed"
+    assert _worker_dirs(proc.pid) == []
+
 
 # ---- cgroup v2, on a fake cgroupfs tree (in addition to the real tests above) -----------------
 

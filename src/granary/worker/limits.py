@@ -131,15 +131,11 @@ class ActionLimits:
                     raise ValueError(f"--action-limits-backend cgroup: no cgroup usable here: {e}") from None
                 why = str(e)
         limiter = Limiter(self, tree, sandbox)
-        needs_prlimit = self.disk is not None or tree is None and (self.memory is not None or self.pids is not None)
-        if needs_prlimit:
-            limiter.prlimit = shutil.which("prlimit") or ""
-            if not limiter.prlimit:
-                raise ValueError(f"{limiter.rlimit_flags()} need prlimit (util-linux), which is not installed")
-        if tree is None and self.cpus is not None:
-            limiter.taskset = shutil.which("taskset") or ""
-            if not limiter.taskset:
-                raise ValueError("--action-cpus without cgroups needs taskset (util-linux), which is not installed")
+        try:
+            limiter.find_tools()
+        except ValueError:
+            limiter.close()
+            raise
         if why:
             log.warning("action limits: no cgroup usable here (%s); falling back to setrlimit: %s", why,
                         limiter.fallback())
@@ -174,10 +170,20 @@ class Limiter:
             return "none"
         return self.tree.where if self.tree is not None else "setrlimit"
 
-    def rlimit_flags(self) -> str:
-        names = [f for f, v in (("--action-memory", self.limits.memory), ("--action-pids", self.limits.pids))
-                 if v is not None and self.tree is None]
-        return " and ".join([*names, *(["--action-disk"] if self.limits.disk is not None else [])])
+    def find_tools(self) -> None:
+        """prlimit for the rlimits, taskset for the CPU affinity (util-linux); ValueError when missing."""
+        lim = self.limits
+        flags = [f for f, v in (("--action-memory", lim.memory), ("--action-pids", lim.pids)) if v is not None
+                 and self.tree is None] + (["--action-disk"] if lim.disk is not None else [])
+        if flags:
+            self.prlimit = shutil.which("prlimit") or ""
+            if not self.prlimit:
+                raise ValueError(f"{' and '.join(flags)} need{'s' if len(flags) == 1 else ''} prlimit (util-linux),"
+                                 " which is not installed")
+        if self.tree is None and lim.cpus is not None:
+            self.taskset = shutil.which("taskset") or ""
+            if not self.taskset:
+                raise ValueError("--action-cpus without cgroups needs taskset (util-linux), which is not installed")
 
     def fallback(self) -> str:
         """What the limits mean without cgroups (for the start-up warning)."""
