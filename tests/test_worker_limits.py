@@ -266,13 +266,15 @@ def test_fork_bomb_at_its_limit_leaves_the_neighbour_free_to_fork(client, limite
 
 @needs_cgroups
 def test_the_next_action_in_a_cgroup_is_not_blamed_for_the_last_ones_kill(client, limited):  # noqa: F811
-    executor = limited("bwrap", memory=MEMORY, pids=PIDS, backend="cgroup")
+    executor = limited("bwrap", memory=MEMORY, pids=8, backend="cgroup")
     result, status = _run(executor, put_action(client, HOG, timeout=60))
     assert status.code == RESOURCE_EXHAUSTED, status
     result, status = _run(executor, put_action(client, BOMB, timeout=60))
     assert status.code == RESOURCE_EXHAUSTED and "process limit" in status.message, status
-    [cgroup] = executor.limits.tree._idle  # the one cgroup both used, emptied
+    [cgroup] = executor.limits.tree._idle  # the one cgroup all three use (the start-up probe's first)
     assert cgroup.counters().oom_kills == 1 and cgroup.counters().pids_max > 0
+    # the probe ran with at least 64 MiB and 16 processes; every action gets the worker's limits
+    assert (cgroup.dirs["pids"] / "pids.max").read_text().strip() == "8"
     result, status = _run(executor, put_action(client, ["sh", "-c", "exit 3"]))
     assert (status.code, result.exit_code) == (0, 3), status
     assert _stderr(client, result) == ""

@@ -263,11 +263,17 @@ class Tree:
         return self.version == 2
 
     def acquire(self, limits: Limits) -> ActionCgroup:
-        """An empty cgroup with the limits (every action of a worker has the same)."""
+        """An empty cgroup with the limits (written again into a reused one)."""
         with self._lock:
             cg = self._idle.pop() if self._idle else None
         if cg is None:
             cg = self._make(limits)
+        else:
+            try:
+                _set_limits(self.version, cg.dirs, limits)
+            except BaseException:
+                remove(cg.unique)
+                raise
         cg.since = cg.counters()
         return cg
 
