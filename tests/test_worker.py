@@ -410,6 +410,17 @@ def test_failing_command_reports_exit_code_and_outputs(client, executor):
     assert [f.path for f in result.output_files] == ["o"]
 
 
+def test_commands_under_the_reaper_get_default_signal_dispositions(client, executor):
+    # Python (the reaper) ignores SIGPIPE and SIGXFSZ; a command must not inherit that: `yes` ends
+    # by SIGPIPE, not with an EPIPE error message, as under bubblewrap or a shell
+    action = put_action(client, ["sh", "-c", "yes | head -n 1; grep -E '^SigIgn' /proc/self/status"])
+    result, status = run_action(executor, action)
+    assert status.code == 0 and result.exit_code == 0, status
+    out = client.bs_read(result.stdout_digest).decode()
+    assert out.startswith("y\n") and int(out.split()[-1], 16) & (1 << (13 - 1) | 1 << (25 - 1)) == 0, out
+    assert client.bs_read(result.stderr_digest) == b""
+
+
 def test_missing_command_is_reported_as_not_found_127(client, executor):
     action = put_action(client, ["no-such-program-here"])
     result, status = run_action(executor, action)

@@ -13,6 +13,7 @@ from granary.worker.input_limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_PATHS
 from granary.writable_dir import ensure_writable_dir
 
 if TYPE_CHECKING:  # the worker's modules load when it runs: every granary command builds this parser
+    from granary.worker.limits import ActionLimits
     from granary.worker.sandbox import ActionUser
 
 
@@ -52,6 +53,33 @@ def parse_max_idle(text: str | None) -> float | None:
     return seconds or None
 
 
+def action_limits(args: argparse.Namespace) -> ActionLimits:
+    """--action-memory, --action-pids, --action-cpus, --action-disk, --action-output-size and the backend."""
+    from granary.sizes import parse_size
+    from granary.worker.limits import ActionLimits
+
+    if args.action_pids is not None and args.action_pids < 1:
+        raise ConfigError(f"--action-pids: expected 1 or more, got {args.action_pids}")
+    sizes: dict[str, int | None] = {}
+    for flag, text, least in (("--action-memory", args.action_memory, 1 << 20), ("--action-disk", args.action_disk, 1),
+                              ("--action-output-size", args.action_output_size, 1)):
+        sizes[flag] = None if text is None else parse_size(text, flag)
+        if sizes[flag] is not None and sizes[flag] < least:
+            raise ConfigError(f"{flag}: expected at least {'1MiB' if least > 1 else '1 byte'}, got {text}")
+    cpus = None
+    if args.action_cpus is not None:
+        try:
+            cpus = float(args.action_cpus)
+        except ValueError:
+            cpus = -1.0
+        if not 0.01 <= cpus < 1e6:
+            raise ConfigError(f"--action-cpus: expected a number of CPUs of 0.01 or more, like 1 or 1.5,"
+                              f" got {args.action_cpus!r}")
+    return ActionLimits(memory=sizes["--action-memory"], pids=args.action_pids, cpus=cpus,
+                        disk=sizes["--action-disk"], output_size=sizes["--action-output-size"],
+                        backend=args.action_limits_backend)
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("worker", help="run actions for a Granary (or any Remote Workers API) server")
     p.add_argument("--server", required=True, help="server address: HOST:PORT, grpc://HOST:PORT or grpcs://HOST:PORT")
@@ -78,11 +106,24 @@ def add_parser(sub) -> None:
     p.add_argument("--max-input-depth", type=int, default=DEFAULT_MAX_DEPTH,
                    help=f"refuse input trees with more nested directories (default {DEFAULT_MAX_DEPTH})")
     p.add_argument("--action-memory", metavar="SIZE",
-                   help="address space each process of an action may use, e.g. 2GiB (setrlimit RLIMIT_AS; default:"
-                        " no limit)")
+                   help="memory one action may use, e.g. 2GiB: all its processes together (cgroup), else the"
+                        " address space of each process (setrlimit); default: no limit")
     p.add_argument("--action-pids", type=int, metavar="N",
-                   help="processes and threads one action may have at once (RLIMIT_NPROC in its own user"
-                        " namespace; bwrap sandbox only; default: no limit)")
+                   help="processes and threads one action may have at once (cgroup pids.max, else RLIMIT_NPROC"
+                        " in the bwrap sandbox's user namespace); default: no limit")
+    p.add_argument("--action-cpus", metavar="N",
+                   help="CPU time one action may use per wall time, e.g. 1.5 (cgroup CPU quota, else pinned to"
+                        " ceil(N) CPUs); default: no limit")
+    p.add_argument("--action-disk", metavar="SIZE",
+                   help="bytes one action may write in its work directory (input root, stdout, stderr), e.g."
+                        " 10GiB; over it the action is killed; default: no limit")
+    p.add_argument("--action-output-size", metavar="SIZE",
+                   help="bytes of output files one action may produce, e.g. 4GiB; over it nothing is uploaded"
+                        " and the action fails; default: no limit")
+    p.add_argument("--action-limits-backend", choices=("auto", "cgroup", "rlimit"), default="auto",
+                   help="how --action-memory, --action-pids and --action-cpus are enforced: cgroup (v2, else v1;"
+                        " refuse to start without), rlimit (setrlimit and CPU affinity), auto (default: cgroup"
+                        " when usable here, else rlimit with a warning)")
     p.add_argument("--name", help="worker name, prefix of bot ids (default: host name); give each worker its own:"
                    " a worker restarted with the same name takes over (and gives back) its old leases")
     p.add_argument("--shutdown-grace", type=float, default=30.0,
@@ -131,17 +172,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     for flag, value in (("--max-input-paths", args.max_input_paths), ("--max-input-depth", args.max_input_depth)):
         if value < 1:
             raise ConfigError(f"{flag}: expected 1 or more, got {value}")
-    from granary.worker.limits import ActionLimits
-
-    if args.action_pids is not None and args.action_pids < 1:
-        raise ConfigError(f"--action-pids: expected 1 or more, got {args.action_pids}")
-    memory = None if args.action_memory is None else parse_size(args.action_memory, "--action-memory")
-    if memory is not None and memory < 1 << 20:
-        raise ConfigError(f"--action-memory: expected at least 1MiB, got {args.action_memory}")
-    try:
-        action_limits = ActionLimits.make(memory, args.action_pids)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    cfg_limits = action_limits(args)
     cfg = WorkerConfig(
         server=args.server,
         instance=args.instance,
@@ -155,7 +186,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         max_idle=parse_max_idle(args.max_idle),
         action_user=parse_action_user(args.action_uid, os.geteuid()),
         input_limits=InputLimits(args.max_input_paths, args.max_input_depth),
-        action_limits=action_limits,
+        action_limits=cfg_limits,
         credentials=Credentials(
             tls_ca=args.tls_ca, tls_client_cert=args.tls_client_cert, tls_client_key=args.tls_client_key,
             tls_server_name=args.tls_server_name,

@@ -33,7 +33,7 @@ from granary.services.status import rich_status
 from granary.worker.images import PROPERTY as IMAGE_PROPERTY
 from granary.worker.images import Image, ImageStore
 from granary.worker.inputs import InputLimits, Staging, materialise
-from granary.worker.limits import ActionLimits
+from granary.worker.limits import Limiter
 from granary.worker.local_cas import LocalCas
 from granary.worker.logstream import LiveOutput
 from granary.worker.outputs import Collector, collect, output_parents
@@ -140,7 +140,7 @@ class Executor:
     input_limits: InputLimits = field(default_factory=InputLimits)
     trash: Trash | None = None  # None: work directories are removed before the result is returned
     live_output: LiveOutput | None = None  # None: actions' output is not streamed while they run
-    limits: ActionLimits = field(default_factory=ActionLimits)  # --action-memory, --action-pids
+    limits: Limiter = field(default_factory=Limiter)  # --action-memory, --action-pids, ... (limits.py)
     images: ImageStore | None = None  # None: container-image actions are refused
 
     def staging(self) -> Staging:
@@ -274,11 +274,10 @@ class ActionRun:
         env.setdefault("PATH", DEFAULT_PATH)
         env_fd = environment_fd(env, reaper=self.ex.sandbox.reaper)
         timeout = action.timeout.ToTimedelta().total_seconds() if action.HasField("timeout") else 0
-        limits = self.ex.limits
-        # the process limit only inside bubblewrap's own user namespace, with the host's prlimit visible
-        pids_applied = (limits.pids is not None and self.ex.sandbox.name == "bwrap" and not layout.filesystem_image
-                        and image is None)
+        confinement = None
         try:
+            confinement = self.ex.limits.confine(work, host_tools_in_bwrap=self.ex.sandbox.name == "bwrap"
+                                                 and not layout.filesystem_image and image is None)
             if image is not None:
                 rel_cwd = check_relative(command.working_directory, "working_directory")
                 argv = self.ex.sandbox.wrap_container(list(command.arguments), image.rootfs, root, image.mount,
@@ -292,41 +291,50 @@ class ActionRun:
                 log.info("command %s runs with its input root as / (a filesystem image)",
                          action.command_digest.hash)
             else:
-                argv = self.ex.sandbox.wrap(limits.inner(list(command.arguments), pids_applied), root, cwd, network,
-                                            env_fd)
-            argv = limits.outer(argv)
+                argv = self.ex.sandbox.wrap(confinement.inner(list(command.arguments)), root, cwd, network, env_fd)
+            argv = confinement.outer(argv)
             self.meta.execution_start_timestamp.CopyFrom(now())
             live = None
             if self.ex.live_output is not None and any(self.streams):
                 live = self.ex.live_output.follow(self.streams, work / "stdout", work / "stderr")
             try:
                 # The environment goes through env_fd: the wrapper (bwrap or the reaper, maybe root) gets none.
-                outcome = self.command_run.run(argv, {"PATH": DEFAULT_PATH}, cwd, work / "stdout", work / "stderr",
-                                               timeout or None, pass_fds=(env_fd,), graceful=self.ex.sandbox.reaper)
+                outcome = confinement.run(lambda: self.command_run.run(
+                    argv, {"PATH": DEFAULT_PATH}, cwd, work / "stdout", work / "stderr", timeout or None,
+                    pass_fds=(env_fd,), graceful=self.ex.sandbox.reaper), self.command_run.kill)
             except CommandCancelled:
                 raise Cancelled() from None
             finally:
                 if live is not None:
                     live.finish()
+            over = confinement.verdict(outcome.exit_code, outcome.timed_out)
+            failed = outcome.exit_code != 0 and not outcome.timed_out
+            note = confinement.note(outcome.exit_code) if failed and not over else ""
         finally:
             os.close(env_fd)
+            if confinement is not None:
+                confinement.close()
         self.meta.execution_completed_timestamp.CopyFrom(now())
         self.meta.virtual_execution_duration.FromNanoseconds(int(outcome.seconds * 1e9))
         self._check()
 
         self.meta.output_upload_start_timestamp.CopyFrom(now())
-        collected = collect(root, command, function, layout.filesystem_image)
-        self.result.MergeFrom(collected.result)
+        collected = collect(root, command, function, layout.filesystem_image, self.ex.limits.output_size)
+        over = over or self.ex.limits.outputs_over(collected.size)
+        if not over:  # an action over a limit reports its exit code, stdout and stderr, no output
+            self.result.MergeFrom(collected.result)
         self.result.exit_code = outcome.exit_code
-        full = work_filesystem_full(work) if outcome.exit_code != 0 and not outcome.timed_out else None
-        if limits and outcome.exit_code != 0 and not outcome.timed_out:
+        full = work_filesystem_full(work) if failed and not over else None
+        if over or note:
             with open(work / "stderr", "a") as err:
-                err.write(limits.note(outcome.exit_code, pids_applied))
+                err.write(f"granary worker: {over}\n" if over else note)
         std = Collector(work, function)
         self.result.stdout_digest.CopyFrom(_proto(std.add_file(str(work / "stdout"))))
         self.result.stderr_digest.CopyFrom(_proto(std.add_file(str(work / "stderr"))))
-        self.ex.remote.upload({**collected.blobs, **std.out.blobs})
+        self.ex.remote.upload({**({} if over else collected.blobs), **std.out.blobs})
         self.meta.output_upload_completed_timestamp.CopyFrom(now())
+        if over:  # not cached (a worker with other limits may well succeed); the client sees why
+            return status_pb2.Status(code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message=over)
         if outcome.timed_out:
             return status_pb2.Status(code=grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
                                      message=f"action timed out after {timeout:g}s; its process group was killed")

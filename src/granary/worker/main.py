@@ -36,7 +36,7 @@ from granary.worker.images import ANY as ANY_IMAGE
 from granary.worker.images import PROPERTY as IMAGE_PROPERTY
 from granary.worker.images import ImageStore
 from granary.worker.inputs import InputLimits
-from granary.worker.limits import ActionLimits
+from granary.worker.limits import ActionLimits, Limiter
 from granary.worker.local_cas import LocalCas
 from granary.worker.logstream import LiveOutput
 from granary.worker.mountview import work_view
@@ -68,7 +68,7 @@ class WorkerConfig:
     max_idle: float | None = None  # seconds without a lease after which the worker leaves (None: never)
     action_user: ActionUser | None = field(default_factory=default_user)  # None: the worker's own uid
     input_limits: InputLimits = field(default_factory=InputLimits)
-    action_limits: ActionLimits = field(default_factory=ActionLimits)  # --action-memory, --action-pids
+    action_limits: ActionLimits = field(default_factory=ActionLimits)  # --action-memory, --action-pids, ...
     credentials: Credentials = field(default_factory=Credentials)  # TLS files and the auth header
     container_images: bool = True  # run container-image=docker://... actions (bwrap sandbox only)
     image_dir: Path | None = None  # default: beside the cache dir
@@ -109,6 +109,7 @@ class Worker:
         if getattr(sandbox, "user", None) is not None and isinstance(sandbox, Bubblewrap):
             # before the channel: its threads (and so the actions) must start in the view's namespace
             sandbox = sandbox.with_views(work_view(self.work_dir, cfg.action_user))
+        self.limiter: Limiter = cfg.action_limits.start(sandbox.name)  # may move the worker into a leaf cgroup
         self.channel = channel_for(cfg.server, cfg.credentials)
         self.executor = Executor(
             remote=RemoteCas(self.channel, cfg.instance),
@@ -120,12 +121,9 @@ class Worker:
             input_limits=cfg.input_limits,
             trash=self.trash,
             live_output=LiveOutput(bs_grpc.ByteStreamStub(self.channel)),
-            limits=cfg.action_limits,
+            limits=self.limiter,
             images=self._images(sandbox.name),
         )
-        if cfg.action_limits.pids is not None and sandbox.name != "bwrap":
-            log.warning("--action-pids %d is not enforced: it needs the bwrap sandbox (sandbox here: %s)",
-                        cfg.action_limits.pids, sandbox.name)
         props = properties(cfg.properties, sandbox.network_modes)
         if self.executor.images is not None:
             props = list(dict.fromkeys([*props, (IMAGE_PROPERTY, ANY_IMAGE)]))
@@ -135,8 +133,8 @@ class Worker:
                        BotConfig(cfg.instance, f"{prefix}-{k}", props, cfg.poll_timeout), self.shutdown)
             for k in range(cfg.concurrency)
         ]
-        log.info("worker %s: %d slot(s), sandbox %s, platform %s", cfg.name, cfg.concurrency, sandbox.name,
-                 ", ".join(f"{k}={v}" for k, v in props))
+        log.info("worker %s: %d slot(s), sandbox %s, platform %s, limits %s", cfg.name, cfg.concurrency,
+                 sandbox.name, ", ".join(f"{k}={v}" for k, v in props), self.limiter.describe())
 
     def _images(self, sandbox: str) -> ImageStore | None:
         """The image store, when this worker can run container images (it needs bubblewrap)."""
@@ -179,9 +177,13 @@ class Worker:
                     t.join(1.0)
                     idle_since = self._check_idle(idle_since)
         finally:
-            self.channel.close()
-            self.trash.close()
-            remove_tree(self.work_dir)
+            self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+        self.trash.close()
+        self.limiter.close()
+        remove_tree(self.work_dir)
 
 
     def busy(self) -> bool:
@@ -228,9 +230,7 @@ def run(cfg: WorkerConfig) -> int:
     target = cfg.server if "://" in cfg.server else f"grpc://{cfg.server}"
     if not wait_until_answered(worker.channel, cfg.instance, f"worker {cfg.name} connecting to {target}",
                                worker.shutdown.draining):
-        worker.channel.close()  # stopped before the server ever answered
-        worker.trash.close()
-        remove_tree(worker.work_dir)
+        worker.close()  # stopped before the server ever answered
         return 0
     print(f"granary: worker {cfg.name} serving {cfg.server} with {cfg.concurrency} slot(s)", flush=True)
     worker.run()

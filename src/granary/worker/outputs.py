@@ -33,6 +33,8 @@ HASH_CHUNK = 1 << 20
 class Collected:
     result: re_pb2.ActionResult = field(default_factory=re_pb2.ActionResult)
     blobs: dict[BlobDigest, Callable[[], BinaryIO]] = field(default_factory=dict)
+    size: int = 0  # bytes of the output files (those in output directories included)
+    over: bool = False  # size passed the collector's max_bytes: result and blobs are not to be used
 
 
 def _open_path(path: str) -> Callable[[], BinaryIO]:
@@ -61,8 +63,9 @@ def hash_file(function: int, path: str) -> BlobDigest:
 
 class Collector:
     def __init__(self, root: Path, function: int, node_properties: list[str] | None = None,
-                 filesystem_image: bool = False):
+                 filesystem_image: bool = False, max_bytes: int | None = None):
         self.root = str(root)
+        self.max_bytes = max_bytes
         self.function = function
         self.filesystem_image = filesystem_image
         self.want = set(node_properties or ())
@@ -80,6 +83,16 @@ class Collector:
         self.out.blobs[d] = _open_path(path)
         return d
 
+    def _output_bytes(self, path: str, st: os.stat_result) -> BlobDigest:
+        """An output file's digest, counted in out.size. Once the size is past max_bytes (the
+        worker's --action-output-size) the rest is only counted, not hashed: the result is refused."""
+        self.out.size += st.st_size
+        if self.max_bytes is not None and self.out.size > self.max_bytes:
+            self.out.over = True
+        if self.out.over:
+            return dg.compute(self.function, b"")
+        return self.add_file(path)
+
     def _properties(self, st: os.stat_result) -> re_pb2.NodeProperties | None:
         if not self.want & {"mtime", "unix_mode"}:
             return None
@@ -91,7 +104,7 @@ class Collector:
         return props
 
     def _file_node(self, name: str, path: str, st: os.stat_result) -> re_pb2.FileNode:
-        node = re_pb2.FileNode(name=name, digest=to_proto(self.add_file(path)),
+        node = re_pb2.FileNode(name=name, digest=to_proto(self._output_bytes(path, st)),
                                is_executable=bool(st.st_mode & stat.S_IXUSR))
         props = self._properties(st)
         if props is not None:
@@ -138,7 +151,7 @@ class Collector:
             return full, None
 
     def output_file(self, path: str, full: str, st: os.stat_result) -> None:
-        f = self.out.result.output_files.add(path=path, digest=to_proto(self.add_file(full)),
+        f = self.out.result.output_files.add(path=path, digest=to_proto(self._output_bytes(full, st)),
                                              is_executable=bool(st.st_mode & stat.S_IXUSR))
         props = self._properties(st)
         if props is not None:
@@ -155,10 +168,12 @@ class Collector:
         )
 
 
-def collect(root: Path, command: re_pb2.Command, function: int, filesystem_image: bool = False) -> Collected:
-    """Outputs of a finished command, per the Command's output_paths (or legacy fields)."""
+def collect(root: Path, command: re_pb2.Command, function: int, filesystem_image: bool = False,
+            max_bytes: int | None = None) -> Collected:
+    """Outputs of a finished command, per the Command's output_paths (or legacy fields). Past
+    max_bytes of output files, Collected.over is set and the rest is counted, not hashed."""
     wd = check_relative(command.working_directory, "working_directory")
-    c = Collector(root, function, list(command.output_node_properties), filesystem_image)
+    c = Collector(root, function, list(command.output_node_properties), filesystem_image, max_bytes)
     result = c.out.result
     if command.output_paths:
         for p in command.output_paths:

@@ -1,7 +1,7 @@
 """Running one command in its own process group, with a timeout and cancellation.
 
 The command leads a new session (so a new process group). Whatever ends it
-(normal exit, timeout, cancel) the whole group is killed before the leader is
+(normal exit, timeout, cancel, a resource limit: `kill`) the whole group is killed before the leader is
 reaped, so leftover background children die too and the group id cannot have
 been reused by then. A process that left the group (setsid, daemons) is
 ended by what leads it: bubblewrap's PID namespace, or the reaper
@@ -46,10 +46,17 @@ class Command:
         self._reaped = False
         self._graceful = False
         self.cancelled = False
+        self.killed = False
 
     def cancel(self) -> None:
         with self._lock:
             self.cancelled = True
+            self._stop()
+
+    def kill(self) -> None:
+        """Stop the command now, as at its timeout (it went over a limit); run() returns its outcome."""
+        with self._lock:
+            self.killed = True
             self._stop()
 
     def _stop(self) -> None:
@@ -86,7 +93,7 @@ class Command:
                 err.write(f"granary worker: cannot run {argv[0]!r}: {e.strerror}\n".encode())
                 return Outcome(127 if isinstance(e, FileNotFoundError) else 126, False, False, 0.0)
         timed_out = not self._wait_exit(timeout)
-        if self._graceful and (timed_out or self.cancelled):
+        if self._graceful and (timed_out or self.cancelled or self.killed):
             with self._lock:
                 self._stop()
             self._wait_exit(GRACE_SECONDS)

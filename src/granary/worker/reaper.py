@@ -108,7 +108,10 @@ def main(args: list[str]) -> int:
     pid = os.fork()
     if pid == 0:
         try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # Python ignores SIGPIPE and SIGXFSZ, and exec keeps what is ignored: the command gets the
+            # defaults back, as subprocess gives them (`yes | head -1`, RLIMIT_FSIZE's SIGXFSZ)
+            for sig in (signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
             if "--uid" in opts:
                 os.setgroups([])
                 os.setgid(int(opts["--gid"]))
