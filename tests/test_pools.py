@@ -83,10 +83,10 @@ def farm(tmp_path_factory):
 def test_the_workers_advertise_their_cpu_under_both_names(farm):
     _, tmp = farm
     common = "sandbox none, platform OSFamily=linux"
-    assert (f"worker amd: 2 slot(s), {common}, ISA=x86-64, Arch=amd64, dockerNetwork=standard, Pool=default\n"
-            in (tmp / "amd.log").read_text())
-    assert (f"worker arm: 2 slot(s), {common}, ISA=arm-a64, Arch=arm64, dockerNetwork=standard, Pool=default\n"
-            in (tmp / "arm.log").read_text())
+    assert (f"worker amd: 2 slot(s), {common}, ISA=x86-64, Arch=amd64, dockerNetwork=standard, Pool=default,"
+            " limits none\n" in (tmp / "amd.log").read_text())
+    assert (f"worker arm: 2 slot(s), {common}, ISA=arm-a64, Arch=arm64, dockerNetwork=standard, Pool=default,"
+            " limits none\n" in (tmp / "arm.log").read_text())
 
 
 def test_amd64_actions_never_land_on_the_arm64_worker(farm):
