@@ -41,7 +41,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
 
+from bench_cache import stop
 from imageutil import have_registry, start_registry, tar_layer
 
 MiB = 1 << 20
@@ -134,16 +134,6 @@ def start_worker(data: Path, address: str, slots: int) -> subprocess.Popen:
          "--log-level", "info"],
         stdout=log, stderr=log, start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _digest(re_pb2, data: bytes):

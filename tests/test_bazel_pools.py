@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from bazelutil import copy_workspace, have_bazel
+from execsetup import config
 from serverutil import start_granary
 
 pytestmark = [
@@ -27,13 +28,8 @@ pytestmark = [
     pytest.mark.timeout(900),
 ]
 
-CONFIG = """
-storage: {main: {type: disk, path: cas}}
-action_caches: {main: {type: disk, path: ac}}
-instances:
-  "": {cas: main, action_cache: main}
-execution: {local_workers: 0, platform_grace: 0, bot_long_poll: 1, poll_interval: 0.2}
-"""
+# no local workers and no known_platforms: only the workers a test starts say what runs
+CONFIG = config(known_platforms="[]")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 N = 6
 

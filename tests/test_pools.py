@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from execsetup import config
 from rwapi import ExecClient, final
 from serverutil import start_granary
 
@@ -25,13 +26,8 @@ from granary.worker.platform import cpu, properties
 
 pytestmark = pytest.mark.timeout(300)
 
-CONFIG = """
-storage: {main: {type: disk, path: cas}}
-action_caches: {main: {type: memory}}
-instances:
-  "": {cas: main, action_cache: main}
-execution: {local_workers: 0, platform_grace: 0, bot_long_poll: 1, poll_interval: 0.2}
-"""
+# no local workers and no known_platforms: only the workers a test starts say what runs
+CONFIG = config(known_platforms="[]")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 AMD64 = [[("ISA", "x86-64")], [("Arch", "amd64")], [("ISA", "x86_64")], [("ISA", "amd64")],
          [("OSFamily", "Linux"), ("Arch", "amd64")], [("OSFamily", "linux"), ("ISA", "x86-64"), ("Pool", "default")]]
